@@ -1,0 +1,1 @@
+"""The ``baichuan-audio`` command line: one module per subcommand."""

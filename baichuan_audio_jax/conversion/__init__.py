@@ -1,0 +1,1 @@
+"""Weight mapping and checkpoint conversion between the reference layout and this package."""

@@ -1,0 +1,12 @@
+"""Mapping tables, one module per component; :data:`TABLES` names them all.
+
+Each table function takes the :class:`~baichuan_audio_jax.config.ModelConfig` and the NNX path
+prefix of the component inside the model being loaded (``()`` when the component is the model).
+"""
+from baichuan_audio_jax.conversion.tables.audio_llm import audio_embed_table, audio_head_table, llm_table
+
+TABLES = {
+    "llm": llm_table,
+    "audio_embed": audio_embed_table,
+    "audio_head": audio_head_table,
+}

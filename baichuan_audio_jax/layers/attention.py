@@ -1,0 +1,183 @@
+"""Attention: masks, rotary embeddings, the softmax kernel, and the two attention modules.
+
+* :class:`GQAttention`: the LLM's grouped-query attention (separate q/k/v projections with
+  optional bias, RoPE, KV cache for decoding, packed segments).
+* :class:`MultiHeadAttention`: Whisper-style attention of the audio stack (per-projection bias
+  switches, no RoPE, padding/causal/chunk masks).
+
+Masks are boolean ``[B, T_q, T_k]`` (True = may attend), built by the ``*_mask`` helpers and
+combined with ``&``. Masked scores get the most negative finite value of float32, as the
+reference's additive masks do; a query row with no visible key therefore attends uniformly
+(finite), and callers zero such rows afterwards where the reference does.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from baichuan_audio_jax.layers.linear import Dense, DenseIn
+from baichuan_audio_jax.sharding import constrain
+
+_NEG = float(jnp.finfo(jnp.float32).min)
+
+
+# ----------------------------------------------------------------------------- masks
+
+def causal_mask(t_q: int, t_k: int | None = None, q_offset: jax.Array | int = 0) -> jax.Array:
+    """[1, T_q, T_k]: query i (at absolute position q_offset + i) sees keys j ≤ q_offset + i."""
+    t_k = t_q if t_k is None else t_k
+    qi = jnp.arange(t_q)[:, None] + q_offset
+    kj = jnp.arange(t_k)[None, :]
+    return (kj <= qi)[None]
+
+
+def key_padding_mask(key_valid: jax.Array, t_q: int) -> jax.Array:
+    """[B, T_q, T_k] from a [B, T_k] validity array."""
+    return jnp.broadcast_to(key_valid[:, None, :].astype(bool), (key_valid.shape[0], t_q, key_valid.shape[1]))
+
+
+def length_mask(lengths: jax.Array, t: int) -> jax.Array:
+    """[B, T] True on the first ``lengths[b]`` frames."""
+    return jnp.arange(t)[None, :] < lengths[:, None]
+
+
+def segment_mask(q_segment_ids: jax.Array, k_segment_ids: jax.Array | None = None) -> jax.Array:
+    """[B, T_q, T_k]: attend only within the same segment; segment id 0 marks padding."""
+    k_segment_ids = q_segment_ids if k_segment_ids is None else k_segment_ids
+    same = q_segment_ids[:, :, None] == k_segment_ids[:, None, :]
+    return same & (k_segment_ids[:, None, :] != 0)
+
+
+def chunk_mask(t: int, chunk_size: int) -> jax.Array:
+    """[1, T, T] static block-chunk mask: key j visible to query i iff j < (i // c + 1)·c."""
+    i = jnp.arange(t)[:, None]
+    j = jnp.arange(t)[None, :]
+    return (j < (i // chunk_size + 1) * chunk_size)[None]
+
+
+# ----------------------------------------------------------------------------- rotary
+
+def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos/sin tables [B, T, head_dim] in float32, halves duplicated (NeoX layout)."""
+    half = head_dim // 2
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, half, dtype=jnp.float32) * 2.0 / head_dim))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq
+    emb = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x [B, T, H, D]; rotation in float32, result cast back to x's dtype."""
+    xf = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+    out = xf * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+    return out.astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------- kernel
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+                          scale: float) -> jax.Array:
+    """Softmax attention with grouped KV heads.
+
+    q [B, Tq, H, D], k/v [B, Tk, KV, D] with H a multiple of KV (query head h uses KV head
+    h // (H/KV)); mask broadcastable to [B, Tq, Tk]. Scores and softmax in float32.
+    """
+    b, tq, h, d = q.shape
+    kv = k.shape[2]
+    g = h // kv
+    qg = q.reshape(b, tq, kv, g, d)
+    scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32) * scale
+    if mask is not None:
+        scores = jnp.where(mask[:, None, None, :, :], scores, _NEG)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
+    return out.reshape(b, tq, h, v.shape[-1])
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+class KVCache(NamedTuple):
+    """Per-layer cache: k/v [B, S_max, KV, D]; the layer stack holds them with a leading L axis."""
+
+    k: jax.Array
+    v: jax.Array
+
+    @staticmethod
+    def zeros(batch: int, max_len: int, num_kv_heads: int, head_dim: int, dtype) -> "KVCache":
+        shape = (batch, max_len, num_kv_heads, head_dim)
+        return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+# ----------------------------------------------------------------------------- modules
+
+class GQAttention(nnx.Module):
+    """Grouped-query attention with RoPE (the LLM's self-attention)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
+                 rope_theta: float, qkv_bias: bool = True, dtype=jnp.float32, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.rope_theta = rope_theta
+        self.dtype = dtype
+        kw = dict(in_axis="embed", use_bias=qkv_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.q_proj = Dense(hidden_size, (num_heads, head_dim), out_axes=("heads", "head_dim"), **kw)
+        self.k_proj = Dense(hidden_size, (num_kv_heads, head_dim), out_axes=("kv_heads", "head_dim"), **kw)
+        self.v_proj = Dense(hidden_size, (num_kv_heads, head_dim), out_axes=("kv_heads", "head_dim"), **kw)
+        self.o_proj = DenseIn((num_heads, head_dim), hidden_size, in_axes=("heads", "head_dim"),
+                              out_axis="embed", use_bias=False, dtype=dtype, param_dtype=param_dtype,
+                              rngs=rngs)
+
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None,
+                 cache: KVCache | None = None, cache_index: jax.Array | int | None = None
+                 ) -> tuple[jax.Array, KVCache | None]:
+        """x [B, T, E]; positions [B, T] (RoPE positions); mask [B, T, T_k] over the keys attended.
+
+        With a cache, the T new keys/values are written at ``cache_index`` and attention runs over
+        the whole cache (T_k = S_max); the mask must then cover S_max keys.
+        """
+        q = constrain(self.q_proj(x), ("activation_batch", "activation_length", "activation_heads", None))
+        k = constrain(self.k_proj(x), ("activation_batch", "activation_length", "activation_kv_heads", None))
+        v = constrain(self.v_proj(x), ("activation_batch", "activation_length", "activation_kv_heads", None))
+        cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta)
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+        new_cache = None
+        if cache is not None:
+            idx = jnp.asarray(cache_index, jnp.int32)
+            ck = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, idx, 0, 0))
+            cv = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, idx, 0, 0))
+            new_cache = KVCache(ck, cv)
+            k, v = ck.astype(self.dtype), cv.astype(self.dtype)
+        out = dot_product_attention(q, k, v, mask, self.head_dim ** -0.5)
+        return self.o_proj(out), new_cache
+
+
+class MultiHeadAttention(nnx.Module):
+    """Whisper-style attention: q/k/v/out projections with per-projection bias switches.
+
+    ``inner_dim = num_heads × head_dim`` may differ from the model width (the U-Net's blocks).
+    """
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, *, q_bias: bool = True,
+                 k_bias: bool = False, v_bias: bool = True, out_bias: bool = True, dtype=jnp.float32,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+        head_dim = head_dim or dim // num_heads
+        self.num_heads, self.head_dim = num_heads, head_dim
+        kw = dict(in_axis="embed", dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.q_proj = Dense(dim, (num_heads, head_dim), out_axes=("heads", "head_dim"), use_bias=q_bias, **kw)
+        self.k_proj = Dense(dim, (num_heads, head_dim), out_axes=("heads", "head_dim"), use_bias=k_bias, **kw)
+        self.v_proj = Dense(dim, (num_heads, head_dim), out_axes=("heads", "head_dim"), use_bias=v_bias, **kw)
+        self.out_proj = DenseIn((num_heads, head_dim), dim, in_axes=("heads", "head_dim"), out_axis="embed",
+                                use_bias=out_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        out = dot_product_attention(q, k, v, mask, self.head_dim ** -0.5)
+        return self.out_proj(out)

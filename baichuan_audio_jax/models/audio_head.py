@@ -1,0 +1,147 @@
+"""The audio head: a depth transformer over the 8 RVQ codebooks of one audio frame (§4.11).
+
+Input: the LLM's final-normed hidden state ``x`` at the position before the frame, and the
+frame's codes. The depth sequence has 8 positions: position 0 is ``x``; position j ≥ 1 is the
+running sum of the code embeddings of codebooks 0..j−1 (the LLM's audio embedding tables) —
+it does **not** include ``x``. Each layer: causal MHA on RMSNorm(y); ``r = RMSNorm(y + attn)``
+replaces the residual stream; ``y = r + FFN_j(r)`` with position-specific FFN weights and no
+bias. A final RMSNorm feeds one classifier per codebook with ``C_k + 1`` classes (EOS last).
+
+Two forms give the same logits:
+
+* :meth:`AudioHead.__call__` runs all 8 positions at once (training, teacher forcing);
+* :meth:`AudioHead.decode_step` runs one position against a small depth KV cache (generation:
+  codebook i's input needs the code sampled for codebook i−1).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from baichuan_audio_jax.config import ModelConfig
+from baichuan_audio_jax.layers.attention import KVCache, MultiHeadAttention, causal_mask, dot_product_attention
+from baichuan_audio_jax.layers.embed import Embed
+from baichuan_audio_jax.layers.linear import Dense
+from baichuan_audio_jax.layers.mlp import gelu
+from baichuan_audio_jax.layers.norms import RMSNorm
+from baichuan_audio_jax.layers.params import fan_in_normal, param
+from baichuan_audio_jax.layers.stack import run_stack, stacked
+
+NUM_CODEBOOKS = 8
+
+
+class DepthFFN(nnx.Module):
+    """Per-depth-position FFN: f_l = W2_l · GELU(W1_l · r_l), no bias."""
+
+    def __init__(self, dim: int, hidden: int, depth: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.w1 = param(rngs, fan_in_normal(in_axis=1), (depth, dim, hidden), ("depth", "embed", "mlp"), param_dtype)
+        self.w2 = param(rngs, fan_in_normal(in_axis=1), (depth, hidden, dim), ("depth", "mlp", "embed"), param_dtype)
+
+    def __call__(self, r: jax.Array, position: int | None = None) -> jax.Array:
+        """r [B, D, dim] over all depth positions, or [B, dim] at a static ``position``."""
+        w1, w2 = self.w1[...].astype(self.dtype), self.w2[...].astype(self.dtype)
+        if position is None:
+            h = gelu(jnp.einsum("bld,ldt->blt", r, w1))
+            return jnp.einsum("blt,ltd->bld", h, w2)
+        h = gelu(r @ w1[position])
+        return h @ w2[position]
+
+
+class DepthLayer(nnx.Module):
+    def __init__(self, dim: int, num_heads: int, head_dim: int, eps: float, *, dtype, param_dtype,
+                 rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.norm1 = RMSNorm(dim, eps=eps, **kw)
+        self.attn = MultiHeadAttention(dim, num_heads, head_dim, q_bias=True, k_bias=True, v_bias=True,
+                                       out_bias=True, **kw)
+        self.norm2 = RMSNorm(dim, eps=eps, **kw)
+        self.ffn = DepthFFN(dim, 2 * dim, NUM_CODEBOOKS, **kw)
+
+    def __call__(self, y: jax.Array) -> jax.Array:
+        d = y.shape[1]
+        a = self.attn(self.norm1(y), causal_mask(d))
+        r = self.norm2(y + a)
+        return r + self.ffn(r)
+
+    def step(self, y: jax.Array, position: int, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """y [B, dim] at depth ``position``; cache k/v [B, 8, heads, head_dim]."""
+        n = self.norm1(y)[:, None, :]
+        attn = self.attn
+        q, k, v = attn.q_proj(n), attn.k_proj(n), attn.v_proj(n)
+        ck = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, position, 0, 0))
+        cv = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, position, 0, 0))
+        mask = (jnp.arange(ck.shape[1]) <= position)[None, None, :]
+        a = attn.out_proj(dot_product_attention(q, ck.astype(q.dtype), cv.astype(q.dtype), mask,
+                                                attn.head_dim ** -0.5))[:, 0]
+        r = self.norm2(y + a)
+        return r + self.ffn(r, position), KVCache(ck, cv)
+
+
+class AudioHead(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        h = cfg.llm.hidden_size
+        hc = cfg.audio_head
+        if h % hc.head_dim:
+            raise ValueError(f"audio head: hidden_size {h} is not a multiple of head_dim {hc.head_dim}")
+        self.num_heads, self.head_dim = h // hc.head_dim, hc.head_dim
+        self.scan = cfg.scan_layers
+        self.remat_policy = cfg.remat_policy
+        self.codebook_sizes = tuple(cfg.codebook_sizes)
+        if len(self.codebook_sizes) != NUM_CODEBOOKS:
+            raise ValueError(f"the audio head needs {NUM_CODEBOOKS} codebooks, got {self.codebook_sizes}")
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        self.dtype = dtype
+        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        self.layers = stacked(
+            lambda r: DepthLayer(h, self.num_heads, self.head_dim, hc.rms_norm_eps, rngs=r, **kw),
+            hc.num_layers, rngs)
+        self.headnorm = RMSNorm(h, eps=hc.rms_norm_eps, rngs=rngs, **kw)
+        self.heads = nnx.List([
+            Dense(h, c + 1, in_axis="embed", out_axes="audio_vocab", use_bias=True, rngs=rngs, **kw)
+            for c in self.codebook_sizes])
+
+    # ------------------------------------------------------------------ full form
+
+    def depth_inputs(self, x: jax.Array, codes: jax.Array, audio_embed: Sequence[Embed]) -> jax.Array:
+        """[B, 8, H]: x, then cumulative sums of the embeddings of codes 0..6."""
+        embs = [audio_embed[k](codes[:, k]) for k in range(NUM_CODEBOOKS - 1)]
+        cum = jnp.cumsum(jnp.stack(embs, axis=1), axis=1)
+        return jnp.concatenate([x[:, None, :].astype(self.dtype), cum.astype(self.dtype)], axis=1)
+
+    def __call__(self, x: jax.Array, codes: jax.Array, audio_embed: Sequence[Embed]) -> list[jax.Array]:
+        """x [B, H], codes [B, 8] (column i in [0, C_i]) -> 8 logits [B, C_i + 1].
+
+        Leading batch dimensions may be more than one (e.g. [B, S, H] and [B, S, 8]).
+        """
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        c2 = codes.reshape(-1, codes.shape[-1])
+        y = self.depth_inputs(x2, c2, audio_embed)
+        y, _ = run_stack(self.layers, y, lambda layer, c, _: (layer(c), None), scan=self.scan,
+                         remat_policy=self.remat_policy)
+        y = self.headnorm(y)
+        return [self.heads[k](y[:, k]).reshape(*lead, -1) for k in range(NUM_CODEBOOKS)]
+
+    # ------------------------------------------------------------------ incremental form
+
+    def init_cache(self, batch: int) -> KVCache:
+        n = len(self.codebook_sizes)
+        num_layers = jax.tree.leaves(nnx.state(self.layers))[0].shape[0]
+        shape = (num_layers, batch, n, self.num_heads, self.head_dim)
+        return KVCache(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype))
+
+    def decode_step(self, inp: jax.Array, position: int, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """Logits of codebook ``position`` (static) given that position's depth input [B, H].
+
+        ``inp`` is x for position 0, else the running sum of code embeddings 0..position−1.
+        """
+        def body(layer, y, layer_cache):
+            y, new = layer.step(y, position, layer_cache)
+            return y, new
+
+        y, new_cache = run_stack(self.layers, inp.astype(self.dtype), body, xs=cache, scan=self.scan)
+        return self.heads[position](self.headnorm(y)), new_cache

@@ -1,0 +1,1 @@
+"""Parity against reference fixture sets (``manifest.json`` + ``<name>.safetensors`` + ``<name>.npz``)."""

@@ -1,0 +1,1 @@
+"""One module per fixture component; each registers a runner with ``@register``."""
