@@ -303,9 +303,8 @@ def model_config_from_reference(ref: Mapping[str, Any] | str | os.PathLike) -> m
     """Reads a reference-format ``config.json`` (dict or path) into the project's model section.
 
     Missing fields keep the reference defaults of the released model (Whisper-config defaults
-    for the audio sub-configs, reference §0.1). The real special ids of keys absent from the
-    reference file (EOS, role prefixes) are kept; a tiny config's ``pad_token_id``/``eos_token_id``
-    are taken from its top level.
+    for the audio sub-configs, reference §0.1). Audio special ids come from ``audio_config``; the
+    role prefixes and EOS keep their real ids unless the vocabulary is too small to hold them.
     """
     if not isinstance(ref, Mapping):
         path = os.fspath(ref)
@@ -365,10 +364,14 @@ def model_config_from_reference(ref: Mapping[str, Any] | str | os.PathLike) -> m
             encoder_hop_length=hop, encoder_sampling_rate=sampling_rate),
         tokens={k: audio[k] for k in _AUDIO_CONFIG_TOKEN_FIELDS if k in audio},
     )
-    if "pad_token_id" in ref and ref["pad_token_id"] is not None:
-        sections["tokens"]["pad_token_id"] = ref["pad_token_id"]
-    if "eos_token_id" in ref and isinstance(ref["eos_token_id"], int) and ref["vocab_size"] < 151643:
-        sections["tokens"]["eos_token_id"] = ref["eos_token_id"]
+    if ref["vocab_size"] <= max(REAL_TOKEN_IDS.values()):
+        # A reduced vocabulary (e.g. a parity fixture's tiny model) cannot hold the real EOS/PAD
+        # id 151643: its config's own eos/pad ids are the ones its sequences use. With the real
+        # vocabulary, EOS and prompt padding are <|endoftext|> as in the released
+        # generation config (the config.json's pad_token_id 0 is only the embedding padding_idx).
+        for k in ("eos_token_id", "pad_token_id"):
+            if isinstance(ref.get(k), int):
+                sections["tokens"][k] = ref[k]
     fm_fields = {f.name for f in dataclasses.fields(FlowMatchingConfig)}
     flow = {k: v for k, v in fm.items() if k in fm_fields}
     cfm = fm.get("cfm_params", {})
