@@ -200,19 +200,19 @@ def _find_skip_counter(it) -> SkipCounter | None:
 
 
 def _find_skips(state) -> dict[str, int]:
-    if isinstance(state, Mapping):
-        if "skipped" in state and isinstance(state["skipped"], Mapping):
-            return {k: int(v) for k, v in state["skipped"].items()}
-        for v in state.values():
-            found = _find_skips(v)
-            if found:
-                return found
-    elif isinstance(state, (list, tuple)):
-        for v in state:
-            found = _find_skips(v)
-            if found:
-                return found
-    return {}
+    """Skip counts in an iterator state, summed over worker processes (one pipeline each)."""
+    total: dict[str, int] = {}
+    todo = [state]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, Mapping):
+            if isinstance(node.get("skipped"), Mapping):
+                for k, v in node["skipped"].items():
+                    total[k] = total.get(k, 0) + int(v)
+            todo.extend(v for k, v in node.items() if k != "skipped")
+        elif isinstance(node, (list, tuple)):
+            todo.extend(node)
+    return dict(sorted(total.items()))
 
 
 def data_fingerprint(config: ml_collections.ConfigDict) -> str:

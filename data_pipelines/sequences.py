@@ -96,7 +96,7 @@ class SequenceBuilder:
         if len(self.codebook_sizes) != NUM_CODEBOOKS:
             raise ValueError(f"expected {NUM_CODEBOOKS} codebook sizes, got {self.codebook_sizes}")
         self.eos_frame = np.asarray(self.codebook_sizes, np.int32)
-        self._encoded: dict[str, list[int]] = {}
+        self._prompts: dict[str, list[int]] = {}
 
     # ---------------------------------------------------------------------------------------------
 
@@ -113,12 +113,7 @@ class SequenceBuilder:
         return self._finish(layout)
 
     def _encode(self, text: str) -> list[int]:
-        ids = self._encoded.get(text)  # prompts repeat in every record
-        if ids is None:
-            ids = self.tok.encode(text)
-            if len(self._encoded) < 64:
-                self._encoded[text] = ids
-        return ids
+        return self.tok.encode(text)
 
     def _prompt(self, record: dict, template: str, **fields) -> list[int]:
         text = record.get("prompt", template)
@@ -127,7 +122,14 @@ class SequenceBuilder:
                 text = template.format(**fields)
             except KeyError as e:
                 raise RecordError("invalid_record", f"the prompt needs field {e.args[0]!r}") from None
-        return self._encode(text) if text else []
+        if not text:
+            return []
+        ids = self._prompts.get(text)  # the same few prompts come back in every record
+        if ids is None:
+            if len(self._prompts) >= 1024:
+                self._prompts.clear()
+            ids = self._prompts[text] = self.tok.encode(text)
+        return ids
 
     def _input_audio(self, owner: dict, layout: _Layout) -> None:
         t = self.t

@@ -204,7 +204,8 @@ def train_sentencepiece(texts: Iterable[str], out_path: str | os.PathLike, token
         sentence_iterator=iter([t for t in texts if t.strip()]), model_writer=model,
         vocab_size=budget, hard_vocab_limit=False, model_type=model_type, character_coverage=1.0,
         pad_id=pad_id, unk_id=unk_id, bos_id=-1, eos_id=tokens.eos_token_id,
-        eos_piece=eos, pad_piece="<pad>", add_dummy_prefix=False, minloglevel=2)
+        eos_piece=eos, pad_piece="<pad>", add_dummy_prefix=False, normalization_rule_name="identity",
+        minloglevel=2)
     proto = pb.ModelProto()
     proto.ParseFromString(model.getvalue())
     for i in range(len(proto.pieces), vocab_size):

@@ -13,7 +13,7 @@ from data_pipelines.text_tokenizer import (
     train_sentencepiece,
 )
 
-CORPUS = ["the quick brown fox jumps over the lazy dog", "将语音转录为文本:", "我的鼻子只是隔几天就出一次血"] * 4
+CORPUS = ["the quick brown fox jumps over the lazy dog", "将语音转录为文本:", "我的鼻子隔几天就出一次血，单孔。"] * 4
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +28,7 @@ def test_sentencepiece_special_ids_follow_config(spm, tiny_config):
         assert spm.token_to_id(text) == getattr(t, field), text
     assert spm.vocab_size == tiny_config.llm.vocab_size
     assert spm.decode(spm.encode("the lazy dog")) == "the lazy dog"
+    assert spm.decode(spm.encode("出血，单孔。")) == "出血，单孔。"  # no normalisation of full-width marks
     assert spm.decode([*spm.encode("fox"), t.audio_pad_token_id, t.eos_token_id]) == \
         "fox<audio_pad_baichuan><|endoftext|>"
 
