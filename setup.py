@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "tensorflow-datasets==4.9.10",
     "librosa==0.11.0",
     "sentencepiece==0.2.3",
+    "tokenizers==0.23.3",  # Hugging Face tokenizer.json (the released Qwen2 vocabulary); no torch
     "ml_collections==1.1.0",
     "chex==0.1.92",
     "safetensors==0.8.0",

@@ -477,4 +477,30 @@ def default_run_config() -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
     cfg.seed = 0
     cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    cfg.data = default_data_config()
     return cfg
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """The ``data`` section: batch geometry plus the fields of the ``grain`` pipelines
+    (``data_pipelines``; the README's data section explains each)."""
+    return ml_collections.ConfigDict(dict(
+        source="synthetic",  # registered data source: "synthetic" or "grain"
+        batch_size=8,  # GLOBAL rows per step
+        seq_len=512,
+        seed=0,
+        # grain: list of manifest/shard paths, or {"path"|"name", "kind", "weight", "split", "data_dir"}
+        sources=[],
+        tokenizer="",  # tokenizer.json or sentencepiece .model
+        audio_tokenizer="",  # "module:factory" for on-the-fly tokenization of JSONL audio
+        prompts=dict(asr="将语音转录为文本:", aqa="", s2tt="将语音翻译为{target_language}:", system=""),
+        packing="first_fit",  # first_fit | best_fit | none
+        packing_bins=0,  # rows packed together (0: the per-host batch rows)
+        shuffle=True,
+        num_epochs=0,  # 0: repeat forever
+        max_audio_seconds=300.0,  # on-the-fly audio longer than this is skipped
+        read_threads=4,
+        prefetch=128,
+        worker_count=0,  # > 0: grain worker processes
+        max_consecutive_skips=10_000,
+    ))

@@ -26,15 +26,19 @@ import numpy as np
 AUDIO_KEY = "audio"
 
 
-def audio_refs(record: Any) -> list[str]:
-    """Every ``"audio"`` value of a JSON object, depth-first in document order."""
-    out: list[str] = []
+def audio_ref_owners(record: Any) -> list[dict]:
+    """The objects holding each ``"audio"`` reference, depth-first in document order.
+
+    ``codes[i]`` of a tokenized record belongs to ``audio_ref_owners(record)[i]``, which lets a
+    reader attach codes to the segment or turn that refers to the audio.
+    """
+    out: list[dict] = []
 
     def walk(node):
         if isinstance(node, dict):
             for k, v in node.items():
                 if k == AUDIO_KEY and isinstance(v, str):
-                    out.append(v)
+                    out.append(node)
                 else:
                     walk(v)
         elif isinstance(node, list):
@@ -43,6 +47,11 @@ def audio_refs(record: Any) -> list[str]:
 
     walk(record)
     return out
+
+
+def audio_refs(record: Any) -> list[str]:
+    """Every ``"audio"`` value of a JSON object, depth-first in document order."""
+    return [owner[AUDIO_KEY] for owner in audio_ref_owners(record)]
 
 
 def resolve_audio_path(manifest_path: str, ref: str) -> str:

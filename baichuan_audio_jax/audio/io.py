@@ -8,6 +8,7 @@ message names the file.
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
@@ -34,12 +35,31 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     if os.path.getsize(path) == 0:
         raise AudioError(path, "empty", "zero-byte file")
     try:
-        data, sr = sf.read(path, dtype="float32", always_2d=True)
+        with sf.SoundFile(path) as f:
+            data, sr, log = f.read(dtype="float32", always_2d=True), f.samplerate, f.extra_info
     except Exception as e:  # soundfile raises several types for unreadable or truncated files
         raise AudioError(path, "corrupt", str(e).splitlines()[0][:200]) from e
+    short = _truncated_chunk(log)
+    if short:
+        raise AudioError(path, "corrupt", f"truncated: {short}")
     if data.shape[0] == 0:
         raise AudioError(path, "empty", "no samples")
     return np.ascontiguousarray(data.T), int(sr)
+
+
+# libsndfile reads a WAV/AIFF whose data chunk was cut short without error (it returns the
+# samples present) but logs the chunk as "data : <declared> (should be <present>)". Streaming
+# writers declare 0 or 0xFFFFFFFF ("size unknown"); those files are complete, not truncated.
+_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
+_CHUNK_SIZE = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+
+def _truncated_chunk(log: str) -> str:
+    """A description of a sample-data chunk shorter than its header declares ('' if none)."""
+    for name, declared, present in _CHUNK_SIZE.findall(log or ""):
+        if int(declared) not in _UNKNOWN_SIZES and int(present) < int(declared):
+            return f"{name} chunk holds {present} of the {declared} bytes its header declares"
+    return ""
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int, *, min_samples: int = 1,
