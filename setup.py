@@ -42,6 +42,7 @@ setup(
     description="JAX/Flax reimplementation of the Baichuan-Audio speech LLM",
     packages=find_packages(include=["baichuan_audio_jax", "baichuan_audio_jax.*",
                                     "data_pipelines", "data_pipelines.*"]),
+    package_data={"data_pipelines.demo_corpus": ["README.md", "*.jsonl", "audio/*.ogg"]},  # bundled demo data
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

@@ -5,7 +5,7 @@ relative to the manifest's directory (or absolute) held in keys named ``"audio"`
 (see :mod:`baichuan_audio_jax.records`). The ``task`` field selects the layout; a record with
 ``audio`` and ``text`` and no ``task`` is ASR, so a plain transcription manifest
 (``{"audio": "a.wav", "text": "…"}``) needs no extra field. Fields not listed are ignored
-(``uttid``, ``language``, ``sample_rate`` …).
+(``uttid``, ``language``, ``sample_rate``, ``voice`` …).
 
 =========  ===============================================================  ==============================
 task       fields                                                           sequence (loss in bold)
@@ -38,6 +38,19 @@ from data_pipelines.skips import RecordError
 
 TASKS = ("asr", "aqa", "s2tt", "intlv", "tts", "itts", "audio", "chat")
 ROLES = ("system", "user", "assistant")
+# Fields whose strings become model text (at any depth: segments, turns); other string fields
+# (``uttid``, ``voice`` …) are metadata.
+TEXT_FIELDS = ("text", "prompt", "response", "translation", "target_language")
+
+
+def record_texts(node: Any) -> list[str]:
+    """Every :data:`TEXT_FIELDS` string of a record, in document order (e.g. a tokenizer's corpus)."""
+    if isinstance(node, dict):
+        return [s for k, v in node.items()
+                for s in ([v] if k in TEXT_FIELDS and isinstance(v, str) else record_texts(v))]
+    if isinstance(node, list):
+        return [s for v in node for s in record_texts(v)]
+    return []
 
 
 def _text(rec: dict, key: str, where: str, *, optional: bool = False, allow_empty: bool = False) -> None:

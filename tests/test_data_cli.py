@@ -123,3 +123,18 @@ def test_train_tokenizer_matches_config(tiny_config, tmp_path, capsys):
     tok = load_text_tokenizer(out)
     check_special_tokens(tok, tiny_config.tokens, tiny_config.llm.vocab_size)
     assert tok.decode(tok.encode("the cat")) == "the cat"
+
+
+def test_tokenizer_texts_skip_metadata_fields():
+    """Only text fields become tokenizer text: speaker/voice labels and ids are metadata."""
+    from data_pipelines.manifest import record_texts
+
+    assert record_texts({"uttid": "u1", "audio": "a.ogg", "text": "open the door", "voice": "en-gb+f2",
+                         "template": "command", "speed": 150, "language": "en"}) == ["open the door"]
+    itts = {"task": "itts", "voice": "x", "segments": [{"text": "one", "audio": "1.wav", "id": "s1"},
+                                                      {"text": "two", "audio": "2.wav"}]}
+    assert record_texts(itts) == ["one", "two"]
+    assert record_texts({"task": "s2tt", "audio": "a.wav", "translation": "hi", "target_language": "English",
+                         "prompt": "p"}) == ["hi", "English", "p"]
+    assert record_texts({"task": "chat", "turns": [{"role": "system", "text": "s"},
+                                                   {"role": "assistant", "segments": [{"text": "t"}]}]}) == ["s", "t"]

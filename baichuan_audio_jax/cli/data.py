@@ -109,6 +109,7 @@ def _train_tokenizer(args) -> int:
     from baichuan_audio_jax.cli.main import CLIError
     from baichuan_audio_jax.config import ModelConfig
     from baichuan_audio_jax.records import read_manifest
+    from data_pipelines.manifest import record_texts
     from data_pipelines.text_tokenizer import TokenizerError, train_sentencepiece
 
     cfg = _config(args)
@@ -118,7 +119,7 @@ def _train_tokenizer(args) -> int:
         try:
             for _, record in read_manifest(manifest):
                 if isinstance(record, dict):
-                    texts.extend(_strings(record))
+                    texts.extend(record_texts(record))
         except OSError as e:
             raise CLIError(f"cannot read manifest {manifest}: {e.strerror or e}") from e
     try:
@@ -127,13 +128,3 @@ def _train_tokenizer(args) -> int:
         raise CLIError(str(e)) from e
     print(f"wrote {args.out}: {tok.vocab_size} ids ({len(texts)} texts), special tokens at the config's ids")
     return 0
-
-
-def _strings(node) -> list[str]:
-    """Text values of a record (every string not under an audio/task/role key)."""
-    if isinstance(node, dict):
-        return [s for k, v in node.items() if k not in ("audio", "task", "role", "uttid", "language")
-                for s in _strings(v)]
-    if isinstance(node, list):
-        return [s for v in node for s in _strings(v)]
-    return [node] if isinstance(node, str) else []
