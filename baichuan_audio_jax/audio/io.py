@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from baichuan_audio_jax.audio.resample import resample
+from baichuan_audio_jax.audio.resample import DEFAULT_LOWPASS_FILTER_WIDTH, resample
 
 REASONS = ("missing", "empty", "corrupt", "too_many_channels", "too_short", "too_long")
 
@@ -43,10 +43,12 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int, *, min_samples: int = 1,
-               max_seconds: float | None = None) -> np.ndarray:
+               max_seconds: float | None = None,
+               lowpass_filter_width: int = DEFAULT_LOWPASS_FILTER_WIDTH) -> np.ndarray:
     """Mono float32 waveform of ``path`` at ``sample_rate``.
 
-    ``min_samples`` (at the target rate) and ``max_seconds`` bound the accepted length.
+    ``min_samples`` (at the target rate) and ``max_seconds`` bound the accepted length;
+    ``lowpass_filter_width`` is the resampler's (see :func:`~baichuan_audio_jax.audio.resample.resample`).
     """
     path = os.fspath(path)
     data, sr = read_audio(path)
@@ -55,7 +57,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int, *, min_samples: int = 
     if max_seconds is not None and data.shape[1] > max_seconds * sr:
         raise AudioError(path, "too_long", f"{data.shape[1] / sr:.1f} s > {max_seconds:g} s")
     if sr != sample_rate:
-        data = resample(data, sr, sample_rate)
+        data = resample(data, sr, sample_rate, lowpass_filter_width=lowpass_filter_width)
     wav = data.mean(axis=0).astype(np.float32) if data.shape[0] > 1 else data[0]
     if wav.shape[0] < min_samples:
         raise AudioError(path, "too_short", f"{wav.shape[0]} samples at {sample_rate} Hz (< {min_samples})")
