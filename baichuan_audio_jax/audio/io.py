@@ -8,6 +8,7 @@ message names the file.
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
@@ -24,6 +25,27 @@ class AudioError(ValueError):
         super().__init__(f"{path}: {reason.replace('_', ' ')}" + (f" ({detail})" if detail else ""))
 
 
+# libsndfile quietly shortens a file whose sample-data chunk claims more bytes than the file holds
+# and notes it in its parser log as "data : <declared> (should be <present>)".
+_SHORT_CHUNK = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+# Sizes that streaming writers leave in headers they never patch: not a sign of truncation.
+_PLACEHOLDER_SIZES = {0, 0x7FFFFFFF, 0xFFFFFFFF}
+
+
+def truncation(path: str) -> str | None:
+    """Why ``path`` looks truncated (its header declares more sample data than the file holds),
+    or None."""
+    import soundfile as sf
+
+    m = _SHORT_CHUNK.search(sf.info(path).extra_info or "")
+    if m is None:
+        return None
+    declared, present = int(m.group(2)), int(m.group(3))
+    if present < declared and declared not in _PLACEHOLDER_SIZES:
+        return f"truncated: header declares {declared} bytes of samples, the file holds {present}"
+    return None
+
+
 def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """Returns ([channels, samples] float32, sample rate) as stored in the file."""
     import soundfile as sf
@@ -35,8 +57,11 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         raise AudioError(path, "empty", "zero-byte file")
     try:
         data, sr = sf.read(path, dtype="float32", always_2d=True)
+        short = truncation(path)
     except Exception as e:  # soundfile raises several types for unreadable or truncated files
         raise AudioError(path, "corrupt", str(e).splitlines()[0][:200]) from e
+    if short:
+        raise AudioError(path, "corrupt", short)
     if data.shape[0] == 0:
         raise AudioError(path, "empty", "no samples")
     return np.ascontiguousarray(data.T), int(sr)

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 import numpy as np
 
+from baichuan_audio_jax.audio.io import AudioError, load_audio
 from baichuan_audio_jax.audio.lengths import audio_tokens, encoder_frames, max_mel_frames, mel_frames
 
 LOG_FLOOR = 1e-10
@@ -138,3 +140,14 @@ def split_chunks(wav: np.ndarray, cfg: LogMelConfig = LogMelConfig()) -> list[np
             continue
         out.append(chunk)
     return out
+
+
+def load_waveform(path: str | os.PathLike, cfg: LogMelConfig = LogMelConfig()) -> np.ndarray:
+    """A file's mono waveform at the encoder's rate, resampled as the reference does; raises
+    :class:`~baichuan_audio_jax.audio.io.AudioError` naming the file if it cannot be read or is too
+    short to give one audio token."""
+    wav = load_audio(path, cfg.sampling_rate, lowpass_filter_width=ENCODER_LOWPASS_FILTER_WIDTH)
+    if not split_chunks(wav, cfg):
+        raise AudioError(os.fspath(path), "too_short",
+                         f"{wav.shape[0] / cfg.sampling_rate * 1000:.0f} ms gives no audio token")
+    return wav
