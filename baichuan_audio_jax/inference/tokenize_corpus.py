@@ -20,6 +20,7 @@ import collections
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Iterable, Sequence
 
@@ -83,7 +84,7 @@ class Progress:
     def note_skip(self, message: str | None = None) -> None:
         self.skipped += 1
         if message:
-            self.bar.write(message)
+            self.bar.write(message, file=sys.stderr)
         self._postfix()
 
     def close(self) -> dict:
