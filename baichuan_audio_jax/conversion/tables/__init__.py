@@ -10,6 +10,7 @@ from baichuan_audio_jax.conversion.tables.audio_tokenizer import (
     vq_bridge_table,
 )
 from baichuan_audio_jax.conversion.tables.hf_qwen2 import hf_qwen2_table
+from baichuan_audio_jax.conversion.tables.hf_whisper import hf_whisper_table
 
 TABLES = {
     "llm": llm_table,
@@ -19,4 +20,5 @@ TABLES = {
     "audio_encoder": audio_encoder_table,
     "vq_bridge": vq_bridge_table,
     "audio_decoder": audio_decoder_table,
+    "hf_whisper": hf_whisper_table,
 }
