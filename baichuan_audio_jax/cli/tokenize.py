@@ -25,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="encoder rows (30 s chunks) per jitted call")
     p.add_argument("--files-per-step", type=int, default=16, help="files loaded and encoded together")
     p.add_argument("--records-per-shard", type=int, default=10_000, help="manifest mode: records per shard")
+    p.add_argument("--load-workers", type=int, default=None,
+                   help="threads reading and resampling audio (default: the CPU count, at most 8)")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed when --weights is omitted")
 
 
@@ -63,12 +65,13 @@ def run(args: argparse.Namespace) -> int:
     runtime = build_runtime(args)
     if args.manifest:
         summary = tokenize_manifest(runtime, args.manifest, args.out, files_per_step=args.files_per_step,
-                                    records_per_shard=args.records_per_shard)
+                                    records_per_shard=args.records_per_shard, load_workers=args.load_workers)
         printed = {k: v for k, v in summary.items() if k != "skipped_items"}
         print(json.dumps(printed, indent=1, ensure_ascii=False))
         return 0
     try:
-        summary = tokenize_files(runtime, args.inputs, args.out, files_per_step=args.files_per_step)
+        summary = tokenize_files(runtime, args.inputs, args.out, files_per_step=args.files_per_step,
+                                 load_workers=args.load_workers)
     except AudioError as e:
         raise CLIError(str(e)) from e
     print(json.dumps({k: v for k, v in summary.items() if k != "outputs"}, indent=1))

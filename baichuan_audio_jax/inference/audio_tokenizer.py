@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from baichuan_audio_jax.audio.lengths import decoder_frames
 from baichuan_audio_jax.audio.whisper_logmel import LogMelConfig, load_waveform, log_mel, split_chunks
 from baichuan_audio_jax.config import ModelConfig
 from baichuan_audio_jax.conversion.loading import load_model
@@ -205,7 +204,8 @@ class AudioTokenizerRuntime:
                 batch[r, :segments[i].shape[0]] = segments[i]
                 lengths[r] = segments[i].shape[0]
             self.compiled_shapes.add(("decode", self.batch_size, width))
-            o = jax.tree.map(np.asarray, self._decode(self.state, jnp.asarray(batch), jnp.asarray(lengths)))
+            o = jax.tree.map(lambda a: np.asarray(a, np.float32 if jnp.issubdtype(a.dtype, jnp.floating) else None),
+                             self._decode(self.state, jnp.asarray(batch), jnp.asarray(lengths)))
             for r, i in enumerate(rows):
                 t, m = int(o.hidden_lengths[r]), int(o.mel_lengths[r])
                 out[i] = dict(hidden_before_dconv2=o.hidden_before_dconv2[r, :t], coarse_mel=o.coarse_mel[r, :m],
@@ -215,10 +215,6 @@ class AudioTokenizerRuntime:
 
     def decode_codes(self, codes: np.ndarray) -> dict:
         """One segment of codes [N, 8] -> ``hidden_before_dconv2`` [4N − 1, D] (the flow-matching
-        input), ``coarse_mel`` and ``refined_mel`` [M, mel bins], and ``lengths``
+        input), ``coarse_mel`` and ``refined_mel`` [M, mel bins] (float32 numpy), and ``lengths``
         (tokens N, hidden 4N − 1, mel M)."""
         return self.decode_batch([codes])[0]
-
-    def decoder_frames(self, num_tokens: int) -> int:
-        c = self.cfg.audio_decoder
-        return int(decoder_frames(num_tokens, c.avg_pooler, c.kernel_size))

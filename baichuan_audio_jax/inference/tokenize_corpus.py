@@ -9,7 +9,8 @@
   (``records.encode_tokenized``). A record whose audio cannot be read, or whose line is not a JSON
   object, is skipped and counted by reason; the summary lists every skipped item.
 
-Both gather several files per step so the runtime batches their chunks, show a progress bar with
+Both gather several files per step so the runtime batches their chunks (the next step's files are
+read and resampled on a thread pool while the current one encodes), show a progress bar with
 files/s and audio seconds per wall second, append one JSON line per step to
 ``tokenize_metrics.jsonl`` in the output directory (plot-ready: elapsed time, files, audio
 seconds, rates), and return a summary dict (also written as JSON).
@@ -22,7 +23,8 @@ import json
 import os
 import sys
 import time
-from typing import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -37,6 +39,7 @@ from baichuan_audio_jax.records import (
 )
 
 METRICS_FILE = "tokenize_metrics.jsonl"
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -101,6 +104,53 @@ def _encode_step(runtime: AudioTokenizerRuntime, waves: Sequence[np.ndarray]) ->
     return [(c, runtime.chunk_tokens(w.shape[0])) for c, w in zip(codes, waves)]
 
 
+_END = object()
+
+
+class Loader:
+    """Reads and resamples audio files on a pool of threads, one step ahead of the encoder, so
+    host-side decoding overlaps with encoding. Failures come back as :class:`AudioError` values
+    (in input order) for the caller to raise or count."""
+
+    def __init__(self, runtime: AudioTokenizerRuntime, workers: int):
+        self.runtime = runtime
+        self.pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="audio-load")
+        self.ahead = ThreadPoolExecutor(1, thread_name_prefix="audio-prefetch")
+
+    def _one(self, path: str) -> np.ndarray | AudioError:
+        try:
+            return self.runtime.load_waveform(path)
+        except AudioError as e:
+            return e
+
+    def load(self, paths: Sequence[str]) -> list[np.ndarray | AudioError]:
+        return list(self.pool.map(self._one, paths))
+
+    def pipelined(self, steps: Iterable[T], paths_of: Callable[[T], Sequence[str]]
+                  ) -> Iterator[tuple[T, list[np.ndarray | AudioError]]]:
+        """Yields (step, its loaded audio) while the next step's audio loads in the background."""
+        it = iter(steps)
+
+        def submit():
+            step = next(it, _END)
+            return None if step is _END else (step, self.ahead.submit(self.load, list(paths_of(step))))
+
+        current = submit()
+        while current is not None:
+            following = submit()
+            step, loaded = current
+            yield step, loaded.result()
+            current = following
+
+    def close(self) -> None:
+        self.ahead.shutdown(wait=True, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def default_load_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 def output_names(paths: Sequence[str]) -> list[str]:
     """``<stem>.npz`` per path, made unique with ``-2``, ``-3`` … when stems collide."""
     seen: collections.Counter = collections.Counter()
@@ -113,17 +163,20 @@ def output_names(paths: Sequence[str]) -> list[str]:
 
 
 def tokenize_files(runtime: AudioTokenizerRuntime, paths: Sequence[str], out_dir: str, *,
-                   files_per_step: int = 16) -> dict:
+                   files_per_step: int = 16, load_workers: int | None = None) -> dict:
     """Writes ``<name>.npz`` per input file; stops at the first unreadable file (AudioError)."""
     os.makedirs(out_dir, exist_ok=True)
     names = output_names(paths)
     progress = Progress(out_dir, len(paths), "tokenize")
+    loader = Loader(runtime, load_workers or default_load_workers())
     sr = runtime.frontend.sampling_rate
     written = []
+    groups = [list(range(s, min(s + files_per_step, len(paths)))) for s in range(0, len(paths), files_per_step)]
     try:
-        for start in range(0, len(paths), files_per_step):
-            group = list(range(start, min(start + files_per_step, len(paths))))
-            waves = [runtime.load_waveform(paths[i]) for i in group]
+        for group, waves in loader.pipelined(groups, lambda g: [paths[i] for i in g]):
+            for w in waves:
+                if isinstance(w, AudioError):
+                    raise w
             for i, w, (codes, chunks) in zip(group, waves, _encode_step(runtime, waves)):
                 target = os.path.join(out_dir, names[i])
                 np.savez(target, codes=codes, chunk_tokens=np.asarray(chunks, np.int32),
@@ -131,6 +184,7 @@ def tokenize_files(runtime: AudioTokenizerRuntime, paths: Sequence[str], out_dir
                 written.append(target)
             progress.advance(len(group), sum(w.shape[0] for w in waves) / sr)
     finally:
+        loader.close()
         summary = progress.close()
     summary["outputs"] = written
     with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as f:
@@ -184,8 +238,25 @@ class ShardWriter:
         return final
 
 
+def _manifest_steps(manifest: str, files_per_step: int) -> Iterator[list[tuple[str, dict | ManifestLineError, list]]]:
+    """Groups of (source, record or line error, resolved audio paths) holding ≥ files_per_step
+    audio references (the last group may hold fewer)."""
+    name = os.path.basename(manifest)
+    step, files = [], 0
+    for line, rec in read_manifest(manifest):
+        paths = [] if isinstance(rec, ManifestLineError) else [resolve_audio_path(manifest, r) for r in audio_refs(rec)]
+        step.append((f"{name}:{line}", rec, paths))
+        files += len(paths)
+        if files >= files_per_step:
+            yield step
+            step, files = [], 0
+    if step:
+        yield step
+
+
 def tokenize_manifest(runtime: AudioTokenizerRuntime, manifest: str, out_dir: str, *,
-                      files_per_step: int = 16, records_per_shard: int = 10_000, verbose: bool = True) -> dict:
+                      files_per_step: int = 16, records_per_shard: int = 10_000, load_workers: int | None = None,
+                      verbose: bool = True) -> dict:
     """Writes the manifest's records with their codes to ArrayRecord shards; returns the summary
     (``skipped`` counts by reason, ``skipped_items`` with source line, path and detail)."""
     os.makedirs(out_dir, exist_ok=True)
@@ -196,6 +267,7 @@ def tokenize_manifest(runtime: AudioTokenizerRuntime, manifest: str, out_dir: st
         total_lines = sum(1 for line in f if line.strip())
     writer = ShardWriter(out_dir, stem, records_per_shard)
     progress = Progress(out_dir, None, f"tokenize {name}")
+    loader = Loader(runtime, load_workers or default_load_workers())
     skipped: collections.Counter = collections.Counter()
     skipped_items: list[dict] = []
     records_seen = 0
@@ -206,49 +278,35 @@ def tokenize_manifest(runtime: AudioTokenizerRuntime, manifest: str, out_dir: st
         message = f"skipped {source}: {reason}" + (f" ({path})" if path else "") + (f": {detail}" if detail else "")
         progress.note_skip(message if verbose else None)
 
-    def flush(pending: list[tuple[str, dict, list[np.ndarray]]]) -> None:
-        waves = [w for _, _, ws in pending for w in ws]
-        results = _encode_step(runtime, waves)
-        k = 0
-        for source, record, ws in pending:
-            codes = [results[k + j][0] for j in range(len(ws))]
-            k += len(ws)
-            writer.write(encode_tokenized(record, codes, source))
-        progress.advance(len(waves), sum(w.shape[0] for w in waves) / sr)
-
-    pending: list[tuple[str, dict, list[np.ndarray]]] = []
-    pending_files = 0
     try:
-        for line, rec in read_manifest(manifest):
-            records_seen += 1
-            source = f"{name}:{line}"
-            if isinstance(rec, ManifestLineError):
-                skip(source, "invalid_record", None, str(rec).split(": ", 1)[-1])
-                continue
-            waves, failed = [], False
-            for ref in audio_refs(rec):
-                path = resolve_audio_path(manifest, ref)
-                try:
-                    waves.append(runtime.load_waveform(path))
-                except AudioError as e:
-                    skip(source, e.reason, path, e.detail)
-                    failed = True
-                    break
-            if failed:
-                continue
-            pending.append((source, rec, waves))
-            pending_files += len(waves)
-            if pending_files >= files_per_step:
-                flush(pending)
-                pending, pending_files = [], 0
-        if pending:
-            flush(pending)
+        steps = _manifest_steps(manifest, files_per_step)
+        for step, loaded in loader.pipelined(steps, lambda st: [p for _, _, paths in st for p in paths]):
+            kept, waves, k = [], [], 0
+            for source, rec, paths in step:
+                records_seen += 1
+                mine, k = loaded[k:k + len(paths)], k + len(paths)
+                if isinstance(rec, ManifestLineError):
+                    skip(source, "invalid_record", None, str(rec).split(": ", 1)[-1])
+                    continue
+                bad = next((w for w in mine if isinstance(w, AudioError)), None)
+                if bad is not None:
+                    skip(source, bad.reason, bad.path, bad.detail)
+                    continue
+                kept.append((source, rec, len(mine)))
+                waves.extend(mine)
+            results = _encode_step(runtime, waves)
+            k = 0
+            for source, rec, count in kept:
+                writer.write(encode_tokenized(rec, [c for c, _ in results[k:k + count]], source))
+                k += count
+            progress.advance(len(waves), sum(w.shape[0] for w in waves) / sr)
     except BaseException:
         writer.abort()
-        progress.close()
         raise
+    finally:
+        loader.close()
+        summary = progress.close()
     shards = writer.close()
-    summary = progress.close()
     summary.update(manifest=manifest, records_in_manifest=total_lines, records_seen=records_seen,
                    records_written=writer.records, records_skipped=sum(skipped.values()),
                    skipped=dict(sorted(skipped.items())), shards=shards, skipped_items=skipped_items)
