@@ -70,6 +70,18 @@ def test_resample_length_and_band(orig, new):
                           ).max() < bound
 
 
+@pytest.mark.parametrize("orig,new,width", [(48000, 16000, 128), (8000, 16000, 128), (44100, 16000, 6)])
+def test_resample_evaluations_agree(orig, new, width):
+    """The matrix-product and FFT evaluations compute the same sums (float32 rounding apart)."""
+    from baichuan_audio_jax.audio.resample import _by_fft, _by_matmul, sinc_kernel
+
+    g = math.gcd(orig, new)
+    kernel, w = sinc_kernel(orig // g, new // g, width)
+    x = np.random.default_rng(0).standard_normal((2, orig // 3 + 11)).astype(np.float32)
+    np.testing.assert_allclose(_by_fft(x, kernel, w, orig // g), _by_matmul(x, kernel, w, orig // g),
+                               atol=1e-5, rtol=0)
+
+
 def test_resample_channels_independently_and_identity():
     x = np.random.default_rng(0).standard_normal((2, 3001)).astype(np.float32)
     both = resample(x, 44100, 16000)
