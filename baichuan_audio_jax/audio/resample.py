@@ -76,13 +76,29 @@ def _by_matmul(rows: np.ndarray, kernel: np.ndarray, width: int, orig: int) -> n
     return out
 
 
+def _fast_length(n: int) -> int:
+    """The smallest 2^a·3^b·5^c ≥ n (an FFT size pocketfft handles at full speed)."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p = p35
+            while p < n:
+                p *= 2
+            best = min(best, p)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
 def _by_fft(rows: np.ndarray, kernel: np.ndarray, width: int, orig: int) -> np.ndarray:
     """Same as :func:`_by_matmul`, as ``orig`` FFT correlations of the input's polyphase columns."""
     new, taps = kernel.shape
     q = -(-taps // orig)
     frames = (rows.shape[1] + 2 * width + orig - taps) // orig + 1
     m = frames + q - 1
-    size = 1 << int(math.ceil(math.log2(m)))
+    size = _fast_length(m)
     padded = np.zeros((new, q * orig))
     padded[:, :taps] = kernel
     spectra = np.fft.rfft(padded.reshape(new, q, orig), size, axis=1).conj()  # [new, bins, orig]
