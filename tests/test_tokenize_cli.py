@@ -135,3 +135,35 @@ def test_random_weights_warn(speech_dir, tmp_path, capsys):
     assert "randomly initialised" in capsys.readouterr().err
     with np.load(tmp_path / "zh_med_1889.npz") as d:
         assert d["codes"].shape == (56, 8)
+
+
+def test_reference_weights_from_sharded_directory(tmp_path):
+    """A HF-style directory (index + shards) and a plain directory of files read the same; only
+    the requested prefixes are read; bf16 is up-cast exactly."""
+    import jax.numpy as jnp
+    from safetensors.flax import save_file
+
+    from baichuan_audio_jax.conversion.reference_weights import WeightsError, read_reference_tensors
+
+    rng = np.random.default_rng(0)
+    a = {"audio_tokenizer.audio_model.x": rng.standard_normal((3, 4)).astype(np.float32),
+         "model.layers.0.w": rng.standard_normal(5).astype(np.float32)}
+    b = {"audio_tokenizer.audio_decoder.y": jnp.asarray(rng.standard_normal(6), jnp.bfloat16)}
+    save_file({k: jnp.asarray(v) for k, v in a.items()}, str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file(b, str(tmp_path / "model-00002-of-00002.safetensors"))
+    index = {"weight_map": {**{k: "model-00001-of-00002.safetensors" for k in a},
+                            **{k: "model-00002-of-00002.safetensors" for k in b}}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    got = read_reference_tensors(tmp_path, prefixes=("audio_tokenizer.",))
+    assert set(got) == {"audio_tokenizer.audio_model.x", "audio_tokenizer.audio_decoder.y"}
+    np.testing.assert_array_equal(got["audio_tokenizer.audio_model.x"], a["audio_tokenizer.audio_model.x"])
+    assert got["audio_tokenizer.audio_decoder.y"].dtype == np.float32
+    np.testing.assert_array_equal(got["audio_tokenizer.audio_decoder.y"],
+                                  np.asarray(b["audio_tokenizer.audio_decoder.y"], np.float32))
+    (tmp_path / "model.safetensors.index.json").unlink()
+    assert set(read_reference_tensors(tmp_path)) == set(a) | set(b)
+    with pytest.raises(WeightsError, match="does not exist"):
+        read_reference_tensors(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WeightsError, match="no \\*.safetensors"):
+        read_reference_tensors(tmp_path / "empty")
