@@ -59,7 +59,7 @@ class Progress:
         from tqdm import tqdm
 
         self.bar = tqdm(total=self.total, unit="file", desc=self.description, dynamic_ncols=True)
-        self.metrics = open(os.path.join(self.out_dir, METRICS_FILE), "a", encoding="utf-8")
+        self.metrics = open(os.path.join(self.out_dir, METRICS_FILE), "w", encoding="utf-8")
 
     @property
     def elapsed(self) -> float:
