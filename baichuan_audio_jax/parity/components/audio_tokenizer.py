@@ -62,20 +62,40 @@ def _rows_mask(lengths: np.ndarray, rows: np.ndarray, t: int) -> np.ndarray:
     return (np.arange(t)[None, :] < np.asarray(lengths)[:, None]) & rows[:, None]
 
 
+_COMMON_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)
+
+
+def _source_rate(comp: FixtureComponent, n_in: int, n_out: int, target: int) -> int:
+    """The rate of the fixture's input PCM: stated in ``source_audio``, else the common rate whose
+    resampled length ceil(n·target/rate) gives the reference output's length."""
+    rate = comp.spec.get("source_audio", {}).get("file_sample_rate")
+    if rate:
+        return int(rate)
+    fits = [r for r in _COMMON_RATES if -(-n_in * target // r) == n_out]
+    if len(fits) != 1:
+        raise FixtureError(f"whisper_logmel: no source_audio.file_sample_rate in the manifest and the array "
+                           f"lengths ({n_in} -> {n_out}) do not single out a rate")
+    return fits[0]
+
+
+def _as_float(pcm: np.ndarray) -> np.ndarray:
+    """PCM as float in [−1, 1] (integers scaled by their full range, as a normalising load does)."""
+    if pcm.dtype.kind in "iu":
+        return pcm.astype(np.float32) / float(2 ** (8 * pcm.dtype.itemsize - 1))
+    return pcm.astype(np.float32)
+
+
 @register("whisper_logmel")
 def whisper_logmel(comp: FixtureComponent) -> dict:
-    c = comp.config
+    audio = comp.manifest.get("tiny_config", {}).get("audio_config", {})
+    defaults = LogMelConfig()
+    get = lambda k: comp.config.get(k, audio.get(k, getattr(defaults, k)))
+    fe = LogMelConfig(**{f: get(f) for f in ("sampling_rate", "n_fft", "hop_length", "num_mel_bins",
+                                             "max_audio_seconds", "kernel_size", "stride_size", "avg_pooler")})
     a = comp.arrays
-    source = comp.spec.get("source_audio", {})
-    if "file_sample_rate" not in source:
-        raise FixtureError("whisper_logmel: manifest gives no source_audio.file_sample_rate for pcm_48k")
-    fe = LogMelConfig(sampling_rate=c["sampling_rate"], n_fft=c["n_fft"], hop_length=c["hop_length"],
-                      num_mel_bins=c["num_mel_bins"], max_audio_seconds=c["max_audio_seconds"],
-                      kernel_size=c["kernel_size"], stride_size=c["stride_size"], avg_pooler=c["avg_pooler"])
     pcm = a["pcm_48k"]
-    wav = pcm.astype(np.float32) / 32768.0 if pcm.dtype == np.int16 else pcm.astype(np.float32)
-    wav16 = resample(wav, int(source["file_sample_rate"]), fe.sampling_rate,
-                     lowpass_filter_width=ENCODER_LOWPASS_FILTER_WIDTH)
+    rate = _source_rate(comp, pcm.shape[-1], a["waveform_16k"].shape[-1], fe.sampling_rate)
+    wav16 = resample(_as_float(pcm), rate, fe.sampling_rate, lowpass_filter_width=ENCODER_LOWPASS_FILTER_WIDTH)
     feats = log_mel(wav16, fe)
     frames = fe.frames(wav16.shape[0])
     enc = encoder_frames(frames, fe.kernel_size, fe.stride_size)
