@@ -71,19 +71,22 @@ def writers(args: argparse.Namespace) -> list[Callable[[str, str, list[dict]], s
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from baichuan_audio_jax.cli.main import CLIError
     from baichuan_audio_jax.cli.tokenize import build_runtime
 
     runtime = build_runtime(args)
     outputs = writers(args)
     os.makedirs(args.out, exist_ok=True)
-    for path in args.inputs:
-        segments = read_segments(path, runtime.max_tokens)
-        try:
-            decoded = runtime.decode_batch(segments)
-        except ValueError as e:
-            raise CLIError(f"{path}: {e}") from e
-        name = os.path.splitext(os.path.basename(path))[0]
-        for write in outputs:
-            print(f"{path} -> {write(args.out, name, decoded)}")
+    with tqdm(args.inputs, unit="file", desc="detokenize") as bar:
+        for path in bar:
+            segments = read_segments(path, runtime.max_tokens)
+            try:
+                decoded = runtime.decode_batch(segments)
+            except ValueError as e:
+                raise CLIError(f"{path}: {e}") from e
+            name = os.path.splitext(os.path.basename(path))[0]
+            for write in outputs:
+                bar.write(f"{path} -> {write(args.out, name, decoded)}")
     return 0
