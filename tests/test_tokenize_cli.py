@@ -71,10 +71,18 @@ def test_files_mode_then_detokenize(speech_dir, weights, tmp_path, capsys):
         assert d["codes"].shape == (56, 8) and d["chunk_tokens"].tolist() == [56]
     assert (out / "tokenize_metrics.jsonl").read_text().count("\n") >= 1
 
+    # A code file holding an EOS code (not decodable) after a good one: the good one is written,
+    # then the run stops naming the bad file.
+    bad = tmp_path / "bad.npz"
+    with np.load(out / "zh_med_1889.npz") as d:
+        codes = d["codes"].copy()
+    codes[3, 0] = 64  # codebook 0 of the tiny model has 64 entries: 64 is its EOS class
+    np.savez(bad, codes=codes)
     mel = tmp_path / "mel"
-    rc = main(["detokenize", "--config", TINY, "--weights", weights, str(out / "zh_med_1497.npz"),
+    rc = main(["detokenize", "--config", TINY, "--weights", weights, str(out / "zh_med_1497.npz"), str(bad),
                "--out", str(mel), "--batch-size", "4"])
-    assert rc == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and str(bad) in err and "codebook 0" in err, err
     with np.load(mel / "zh_med_1497.mel.npz") as d:
         assert d["segment_tokens"].tolist() == [100, 100, 35]
         assert d["segment_hidden_frames"].tolist() == [399, 399, 139]
