@@ -15,6 +15,7 @@ Parameter names:
   ``codebook_dim`` RVQ code vector width                               -> replicated
   ``depth``        audio-head depth positions (8 codebooks)            -> replicated
   ``layers``       stacked layer axis of scanned layers                -> replicated
+  ``positions``    rows of sinusoid position tables                    -> replicated
   ``norm``         norm scales/biases                                  -> replicated
   ``conv_kernel``  convolution taps                                    -> replicated
   ``conv_in``, ``conv_out``  convolution channels                      -> replicated
@@ -49,6 +50,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("codebook_dim", None),
     ("depth", None),
     ("layers", None),
+    ("positions", None),
     ("norm", None),
     ("conv_kernel", None),
     ("conv_in", None),

@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from baichuan_audio_jax.audio.resample import resample
+from baichuan_audio_jax.audio.resample import DEFAULT_LOWPASS_FILTER_WIDTH, resample
 
 REASONS = ("missing", "empty", "corrupt", "too_many_channels", "too_short", "too_long")
 
@@ -25,6 +25,27 @@ class AudioError(ValueError):
         super().__init__(f"{path}: {reason.replace('_', ' ')}" + (f" ({detail})" if detail else ""))
 
 
+# libsndfile quietly shortens a file whose sample-data chunk claims more bytes than the file holds
+# and notes it in its parser log as "data : <declared> (should be <present>)".
+_SHORT_CHUNK = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+# Sizes that streaming writers leave in headers they never patch: not a sign of truncation.
+_PLACEHOLDER_SIZES = {0, 0x7FFFFFFF, 0xFFFFFFFF}
+
+
+def truncation(path: str) -> str | None:
+    """Why ``path`` looks truncated (its header declares more sample data than the file holds),
+    or None."""
+    import soundfile as sf
+
+    m = _SHORT_CHUNK.search(sf.info(path).extra_info or "")
+    if m is None:
+        return None
+    declared, present = int(m.group(2)), int(m.group(3))
+    if present < declared and declared not in _PLACEHOLDER_SIZES:
+        return f"truncated: header declares {declared} bytes of samples, the file holds {present}"
+    return None
+
+
 def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """Returns ([channels, samples] float32, sample rate) as stored in the file."""
     import soundfile as sf
@@ -35,38 +56,24 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     if os.path.getsize(path) == 0:
         raise AudioError(path, "empty", "zero-byte file")
     try:
-        with sf.SoundFile(path) as f:
-            data, sr, log = f.read(dtype="float32", always_2d=True), f.samplerate, f.extra_info
+        data, sr = sf.read(path, dtype="float32", always_2d=True)
+        short = truncation(path)
     except Exception as e:  # soundfile raises several types for unreadable or truncated files
         raise AudioError(path, "corrupt", str(e).splitlines()[0][:200]) from e
-    short = _truncated_chunk(log)
     if short:
-        raise AudioError(path, "corrupt", f"truncated: {short}")
+        raise AudioError(path, "corrupt", short)
     if data.shape[0] == 0:
         raise AudioError(path, "empty", "no samples")
     return np.ascontiguousarray(data.T), int(sr)
 
 
-# libsndfile reads a WAV/AIFF whose data chunk was cut short without error (it returns the
-# samples present) but logs the chunk as "data : <declared> (should be <present>)". Streaming
-# writers declare 0 or 0xFFFFFFFF ("size unknown"); those files are complete, not truncated.
-_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
-_CHUNK_SIZE = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
-
-
-def _truncated_chunk(log: str) -> str:
-    """A description of a sample-data chunk shorter than its header declares ('' if none)."""
-    for name, declared, present in _CHUNK_SIZE.findall(log or ""):
-        if int(declared) not in _UNKNOWN_SIZES and int(present) < int(declared):
-            return f"{name} chunk holds {present} of the {declared} bytes its header declares"
-    return ""
-
-
 def load_audio(path: str | os.PathLike, sample_rate: int, *, min_samples: int = 1,
-               max_seconds: float | None = None) -> np.ndarray:
+               max_seconds: float | None = None,
+               lowpass_filter_width: int = DEFAULT_LOWPASS_FILTER_WIDTH) -> np.ndarray:
     """Mono float32 waveform of ``path`` at ``sample_rate``.
 
-    ``min_samples`` (at the target rate) and ``max_seconds`` bound the accepted length.
+    ``min_samples`` (at the target rate) and ``max_seconds`` bound the accepted length;
+    ``lowpass_filter_width`` is the resampler's (see :func:`~baichuan_audio_jax.audio.resample.resample`).
     """
     path = os.fspath(path)
     data, sr = read_audio(path)
@@ -75,7 +82,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int, *, min_samples: int = 
     if max_seconds is not None and data.shape[1] > max_seconds * sr:
         raise AudioError(path, "too_long", f"{data.shape[1] / sr:.1f} s > {max_seconds:g} s")
     if sr != sample_rate:
-        data = resample(data, sr, sample_rate)
+        data = resample(data, sr, sample_rate, lowpass_filter_width=lowpass_filter_width)
     wav = data.mean(axis=0).astype(np.float32) if data.shape[0] > 1 else data[0]
     if wav.shape[0] < min_samples:
         raise AudioError(path, "too_short", f"{wav.shape[0]} samples at {sample_rate} Hz (< {min_samples})")

@@ -1,0 +1,1 @@
+"""Runtimes: jitted, batched model entry points for tools, pipelines and demos."""
