@@ -235,7 +235,7 @@ def _flat_shardings(tree: Any, flat_state: Mapping[tuple, Any]) -> dict[tuple, A
 
 @dataclasses.dataclass
 class LoadedBundle:
-    model: nnx.Module  # BaichuanAudio with the requested components
+    model: nnx.Module | None  # BaichuanAudio with the requested components (None: a vocoder-only bundle)
     config: ModelConfig
     model_config: ml_collections.ConfigDict  # the config's model section as stored
     info: dict
@@ -266,10 +266,12 @@ def load_bundle(path: str | os.PathLike, *, shardings: Any = None, components: S
     absent = [c for c in wanted if c not in present]
     if absent:
         raise BundleError(f"{path} has no component(s) {absent} (it has {present})")
-    graphdef, state = nnx.split(nnx.eval_shape(
-        lambda: checkpoint_model("model", cfg, nnx.Rngs(0), components=wanted)))
-    state = restore_state(os.path.join(path, CHECKPOINT_DIRS["model"]), state, shardings)
-    model = nnx.merge(graphdef, state)
+    model = None
+    if "model" in info.get("checkpoints", {}):
+        graphdef, state = nnx.split(nnx.eval_shape(
+            lambda: checkpoint_model("model", cfg, nnx.Rngs(0), components=wanted)))
+        state = restore_state(os.path.join(path, CHECKPOINT_DIRS["model"]), state, shardings)
+        model = nnx.merge(graphdef, state)
     voc = None
     has_vocoder = "vocoder" in info.get("checkpoints", {})
     if vocoder or (vocoder is None and has_vocoder):

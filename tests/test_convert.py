@@ -86,6 +86,29 @@ def test_bundle_restores_the_directly_loaded_model(converted, fixture_set):
     assert sorted(extras.keys()) == sorted(unused)  # the audio head's unused FFN biases
 
 
+def test_directory_input_carries_tokenizer_and_reference_files(converted, tmp_path):
+    """A Hugging Face directory's config.json, generation_config.json and tokenizer files travel
+    through the bundle and come back unchanged next to the weights."""
+    _, root = converted
+    src_dir = tmp_path / "src"
+    bundle_to_torch(str(root / "bundle"), str(src_dir), max_shard_bytes=2**20)
+    (src_dir / "tokenizer.json").write_text('{"model": {"type": "BPE"}}')
+    (src_dir / "tokenizer_config.json").write_text('{"model_max_length": 8192}')
+    (src_dir / "generation_config.json").write_text('{"do_sample": false}')
+    config = json.loads((src_dir / "config.json").read_text())
+    config["_name_or_path"] = "carried verbatim"
+    (src_dir / "config.json").write_text(json.dumps(config))
+    main(["convert", "--from", "torch", "--input", str(src_dir), "--to", "orbax", "--output", str(tmp_path / "b"),
+          "--no-progress"])
+    info = read_bundle_info(tmp_path / "b")
+    assert info["tokenizer"] == ["tokenizer.json", "tokenizer_config.json"]
+    assert load_bundle(tmp_path / "b").tokenizer_dir == str(tmp_path / "b" / "tokenizer")
+    bundle_to_torch(str(tmp_path / "b"), str(tmp_path / "back"))
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (tmp_path / "back" / name).read_bytes() == (src_dir / name).read_bytes(), name
+    _assert_identical(ReferenceCheckpoint(src_dir), ReferenceCheckpoint(tmp_path / "back"))
+
+
 def test_bundle_restores_sharded_on_a_mesh(converted):
     from baichuan_audio_jax.sharding import make_mesh, state_shardings
 
@@ -148,6 +171,9 @@ def test_cli_round_trip_and_refusals(parity_dir, tmp_path, capsys):
     assert main(["convert", "--from", "torch", "--input", str(tmp_path / "nothing"), "--to", "orbax",
                  "--output", str(tmp_path / "y"), "--config", cfg]) == 2
     assert "nothing: no such file or directory" in capsys.readouterr().err
+    assert main(["convert", "--from", "torch", "--input", str(parity_dir / "hift_vocoder.safetensors"),
+                 "--component", "vocoder", "--to", "orbax", "--output", str(tmp_path / "v"), "--config", cfg]) == 2
+    assert "vocoder) is not yet supported by this version" in capsys.readouterr().err
 
 
 def test_dry_run_on_the_real_7b_layout(parity_dir, capsys):

@@ -14,7 +14,7 @@ counted as mapped) until their component is registered.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable
 
 from flax import nnx
 
@@ -160,14 +160,3 @@ def partition_keys(keys: Iterable[str], checkpoint: str
             pending.setdefault(c.name, []).append(k)
     return supported, pending, unknown
 
-
-def concrete_for(cfg: ModelConfig, components: Sequence[Component]) -> list[Concrete]:
-    return combine_tables(*[t for c in components for t in c.mapping_tables(cfg)])
-
-
-def component_names(components: Sequence[Component]) -> list[str]:
-    return [c.name for c in components]
-
-
-def by_name(names: Iterable[str]) -> Mapping[str, Component]:
-    return {n: COMPONENTS[n] for n in names}

@@ -328,6 +328,7 @@ def torch_to_bundle(source: ReferenceCheckpoint, output: str, model_config, *, c
     ``dtype``: the dtype of the stored parameters (default: each tensor's own).
     """
     cfg = ModelConfig.from_config(model_config)
+    comps = require_checkpoint_support(checkpoint)
     listing = source.listing()
     cov = check_listing(cfg, listing, checkpoint, source=", ".join(source.paths))
     if cov.has_problems:
@@ -336,7 +337,6 @@ def torch_to_bundle(source: ReferenceCheckpoint, output: str, model_config, *, c
         raise ConversionError("\n".join(cov.lines() + [
             "this version cannot convert every component of the checkpoint; pass --carry-unsupported to convert "
             "the supported ones and carry the rest unchanged in the bundle's reference_extras/"]))
-    comps = require_checkpoint_support(checkpoint)
     concrete = combine_tables(*[t for c in comps for t in c.mapping_tables(cfg)])
     carried = [k for keys in cov.pending.values() for k in keys]
     _, state = abstract_state(checkpoint, cfg)
@@ -411,24 +411,13 @@ def _reference_sections(cfg: ModelConfig) -> tuple:
     return (cfg.llm, cfg.audio_head, cfg.audio_encoder, cfg.vq_bridge, cfg.audio_decoder, cfg.flow_matching)
 
 
-def reference_config_for(cfg: ModelConfig, carried_path: str | None) -> tuple[dict, str]:
-    """The carried reference ``config.json`` when it describes the same model, else one written
-    from ``cfg``; with a note saying which."""
-    import json
-
-    if carried_path and os.path.exists(carried_path):
-        with open(carried_path) as f:
-            carried = json.load(f)
-        try:
-            same = _reference_sections(ModelConfig.from_config(model_config_from_reference(carried))) == \
-                _reference_sections(cfg)
-        except (KeyError, ValueError):
-            same = False
-        if same:
-            return carried, "config.json: the reference config carried in the bundle"
-        return reference_config_from_model(cfg), ("config.json: written from the bundle's config (the carried "
-                                                  "reference config describes a different model)")
-    return reference_config_from_model(cfg), "config.json: written from the bundle's config"
+def carried_config_matches(cfg: ModelConfig, carried_path: str) -> bool:
+    """Whether the reference ``config.json`` carried in a bundle describes ``cfg``'s model."""
+    try:
+        ref = ModelConfig.from_config(model_config_from_reference(carried_path))
+    except (KeyError, ValueError):
+        return False
+    return _reference_sections(ref) == _reference_sections(cfg)
 
 
 def bundle_to_torch(bundle: str, output: str, *, checkpoint: str = "model", dtype: Any = None,
@@ -523,9 +512,15 @@ def bundle_to_torch(bundle: str, output: str, *, checkpoint: str = "model", dtyp
         finally:
             seconds = prog.close()
         if checkpoint == "model":
-            ref_cfg, note = reference_config_for(cfg, os.path.join(bundle, EXTRAS_DIR, "config.json"))
-            write_json(os.path.join(staging, "config.json"), ref_cfg)
-            notes.append(note)
+            carried_cfg = os.path.join(bundle, EXTRAS_DIR, "config.json")
+            if os.path.exists(carried_cfg) and carried_config_matches(cfg, carried_cfg):
+                shutil.copy2(carried_cfg, os.path.join(staging, "config.json"))
+                notes.append("config.json: the reference config carried in the bundle")
+            else:
+                write_json(os.path.join(staging, "config.json"), reference_config_from_model(cfg))
+                notes.append("config.json: written from the bundle's config" + (
+                    " (the carried reference config describes a different model)"
+                    if os.path.exists(carried_cfg) else ""))
         for name in REFERENCE_SIDE_FILES:
             src = os.path.join(bundle, EXTRAS_DIR, name)
             if name != "config.json" and os.path.isfile(src):

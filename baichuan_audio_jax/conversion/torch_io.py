@@ -88,19 +88,25 @@ class _SafetensorsFile:
 
         self.path = path
         try:
-            self._f = safe_open(path, framework="numpy")
+            with safe_open(path, framework="numpy") as f:
+                self.infos: dict[str, TensorInfo] = {}
+                for k in f.keys():
+                    s = f.get_slice(k)
+                    code = s.get_dtype()
+                    if code not in _ST_TO_NUMPY:
+                        raise CheckpointError(f"{path}: tensor {k} has dtype {code}, which this converter does not "
+                                              "read")
+                    self.infos[k] = TensorInfo(tuple(int(d) for d in s.get_shape()), _ST_TO_NUMPY[code], path)
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
-        self.infos: dict[str, TensorInfo] = {}
-        for k in self._f.keys():
-            s = self._f.get_slice(k)
-            code = s.get_dtype()
-            if code not in _ST_TO_NUMPY:
-                raise CheckpointError(f"{path}: tensor {k} has dtype {code}, which this converter does not read")
-            self.infos[k] = TensorInfo(tuple(int(d) for d in s.get_shape()), _ST_TO_NUMPY[code], path)
 
     def get(self, name: str) -> np.ndarray:
-        return self._f.get_tensor(name)
+        # A handle of its own per tensor: safetensors memory-maps the whole file, and the pages a
+        # read touches stay resident (and counted) until the mapping goes away.
+        from safetensors import safe_open
+
+        with safe_open(self.path, framework="numpy") as f:
+            return f.get_tensor(name)
 
 
 def _torch_to_numpy(t) -> np.ndarray:
