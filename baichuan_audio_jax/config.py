@@ -384,21 +384,104 @@ def model_config_from_reference(ref: Mapping[str, Any] | str | os.PathLike) -> m
 
 
 # --------------------------------------------------------------------------------------------
+# The model section as JSON (model bundles) and back to the reference format.
+# --------------------------------------------------------------------------------------------
+
+MODEL_CONFIG_FORMAT = "baichuan-audio-model-config"
+MODEL_CONFIG_VERSION = 1
+_MODEL_SECTIONS = ("llm", "audio_head", "audio_encoder", "vq_bridge", "audio_decoder", "flow_matching",
+                   "vocoder", "tokens")
+
+
+def model_config_to_json(model: ml_collections.ConfigDict | Mapping[str, Any]) -> dict:
+    """The ``model`` section as a JSON-able dict tagged with this package's format."""
+    m = model.to_dict() if isinstance(model, ml_collections.ConfigDict) else dict(model)
+    m = json.loads(json.dumps(m))  # tuples -> lists, a plain copy
+    return {"format": MODEL_CONFIG_FORMAT, "version": MODEL_CONFIG_VERSION, "model": m}
+
+
+def model_config_from_json(data: Mapping[str, Any], where: str = "config") -> ml_collections.ConfigDict:
+    """Inverse of :func:`model_config_to_json`; unknown sections or fields are errors naming them."""
+    if data.get("format") != MODEL_CONFIG_FORMAT:
+        raise ValueError(f"{where}: not a {MODEL_CONFIG_FORMAT} file")
+    if data.get("version") != MODEL_CONFIG_VERSION:
+        raise ValueError(f"{where}: model config version {data.get('version')} is not supported "
+                         f"(this version reads {MODEL_CONFIG_VERSION})")
+    model = dict(data.get("model") or {})
+    scalars = ("dtype", "param_dtype", "scan_layers", "remat_policy")
+    unknown = sorted(set(model) - set(_MODEL_SECTIONS) - set(scalars))
+    if unknown:
+        raise ValueError(f"{where}: unknown model section(s) {unknown}")
+    try:
+        out = model_config_dict(**{k: v for k, v in model.items() if k in _MODEL_SECTIONS})
+    except KeyError as e:
+        raise ValueError(f"{where}: {e.args[0]}") from e
+    for k in scalars:
+        if k in model:
+            out[k] = model[k]
+    return out
+
+
+def reference_config_from_model(cfg: ModelConfig) -> dict:
+    """A reference-format ``config.json`` for ``cfg`` (what :func:`model_config_from_reference` reads
+    back to the same model). Fields the reference fixes in code are not written."""
+    c, enc, bridge, dec, fm = cfg.llm, cfg.audio_encoder, cfg.vq_bridge, cfg.audio_decoder, cfg.flow_matching
+    audio = dict(
+        enable=True, audio_head_transformer_layers=cfg.audio_head.num_layers, avg_pooler=bridge.avg_pooler,
+        d_model=enc.d_model, encoder_layers=enc.num_layers, encoder_attention_heads=enc.num_heads,
+        encoder_ffn_dim=enc.ffn_dim, decoder_layers=dec.num_layers, decoder_attention_heads=dec.num_heads,
+        decoder_ffn_dim=dec.ffn_dim, decoder_kernel_size=dec.kernel_size, decoder_stride_size=dec.stride_size,
+        kernel_size=enc.kernel_size, stride_size=enc.stride_size, hop_length=enc.hop_length, n_fft=enc.n_fft,
+        num_mel_bins=enc.num_mel_bins, sampling_rate=enc.sampling_rate, max_audio_seconds=enc.max_audio_seconds,
+        split_overlap=0.0, activation_function="gelu", scale_embedding=False,
+        vq_config=dict(enable=True, codebook_sizes=list(bridge.codebook_sizes)),
+        **{k: getattr(cfg.tokens, k) for k in _AUDIO_CONFIG_TOKEN_FIELDS})
+    vocoder = dict(enable=True, num_mel_bins=dec.num_mel_bins, channels=list(dec.post_net_channels),
+                   sampling_rate=dec.mel_sampling_rate, hop_length=dec.mel_hop_length)
+    fm_dict = {f.name: getattr(fm, f.name) for f in dataclasses.fields(FlowMatchingConfig)
+               if f.name not in ("sigma_min", "t_scheduler", "training_cfg_rate", "inference_cfg_rate")}
+    fm_dict["channels"] = list(fm.channels)
+    fm_dict.update(enable=True, cfm_params=dict(sigma_min=fm.sigma_min, solver="euler", t_scheduler=fm.t_scheduler,
+                                                training_cfg_rate=fm.training_cfg_rate,
+                                                inference_cfg_rate=fm.inference_cfg_rate))
+    return dict(
+        architectures=["OmniForCausalLM"], model_type="omni", vocab_size=c.vocab_size, hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size, num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
+        num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim, hidden_act="silu", rope_theta=c.rope_theta,
+        rms_norm_eps=c.rms_norm_eps, max_position_embeddings=c.max_position_embeddings, attention_qkv_pack=True,
+        attention_qkv_bias=c.qkv_bias, tie_word_embeddings=c.tie_word_embeddings, use_norm_head=False,
+        pad_token_id=c.pad_token_id, eos_token_id=cfg.tokens.eos_token_id,
+        torch_dtype="bfloat16", audio_config=audio, vocoder_config=vocoder, flow_matching_config=fm_dict,
+        visual_config=dict(enable=False), video_config=dict(enable=False))
+
+
+# --------------------------------------------------------------------------------------------
 # Loading config files and command-line overrides.
 # --------------------------------------------------------------------------------------------
 
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-    """Loads ``configs/*.py`` (``get_config()``) or a reference ``config.json``; applies overrides.
+    """Loads ``configs/*.py`` (``get_config()``), a ``config.json`` or a model bundle; applies overrides.
 
-    A ``.json`` file yields a config whose ``model`` section is read from it and whose other
-    sections are those of ``configs/tiny.py``'s run defaults (see :func:`default_run_config`).
+    A ``.json`` file is either this package's model config (as written into model bundles, see
+    :func:`model_config_to_json`) or a reference-format ``config.json``; a directory is read as a
+    model bundle (its ``config.json``). Either yields a config whose ``model`` section is read from
+    the file and whose other sections are the run defaults (see :func:`default_run_config`).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"config file not found: {path}")
+    if os.path.isdir(path):
+        bundle_config = os.path.join(path, "config.json")
+        if not os.path.exists(os.path.join(path, "bundle.json")) or not os.path.exists(bundle_config):
+            raise FileNotFoundError(f"{path} is a directory but not a model bundle (no bundle.json + config.json)")
+        path = bundle_config
     if path.endswith(".json"):
         cfg = default_run_config()
-        cfg.model = model_config_from_reference(path)
+        data = _read_json(path)
+        if isinstance(data, Mapping) and data.get("format") == MODEL_CONFIG_FORMAT:
+            cfg.model = model_config_from_json(data, where=path)
+        else:
+            cfg.model = model_config_from_reference(data)
     else:
         spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
         module = importlib.util.module_from_spec(spec)
@@ -408,6 +491,14 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> ml_co
         cfg = module.get_config()
     apply_overrides(cfg, overrides)
     return cfg
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read config {path}: {e}") from e
 
 
 def _parse_value(text: str, current: Any) -> Any:

@@ -1,0 +1,351 @@
+"""The model bundle: the directory ``convert`` writes, ``train`` exports and ``generate`` reads.
+
+::
+
+    BUNDLE/
+      bundle.json        format version, components present, dtypes, provenance (small)
+      config.json        the model section of the config (this package's JSON format; any
+                         command taking --config accepts BUNDLE or BUNDLE/config.json)
+      params/            Orbax checkpoint of the model state (BaichuanAudio: one subtree per
+                         component, e.g. params/llm/...), restorable onto any mesh
+      vocoder/           Orbax checkpoint of the vocoder state (optional)
+      tokenizer/         text tokenizer files, copied as given (a Hugging Face tokenizer.json and
+                         its config files, or a sentencepiece .model)
+      reference_extras/  what only the reference layout needs, so torch -> bundle -> torch is
+                         bit-exact: recognised-but-unused tensors (<checkpoint>.safetensors), the
+                         reference config.json and generation_config.json
+
+A bundle is written into a hidden staging directory and renamed into place when complete
+(:mod:`baichuan_audio_jax.staging`), so a directory with ``bundle.json`` is always whole.
+
+:func:`load_bundle` restores the model (all or some components) with the parameter dtype of its
+config, optionally sharded for a mesh; :func:`save_bundle` writes one from in-memory states.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from typing import Any, Iterable, Mapping, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from baichuan_audio_jax.config import ModelConfig, load_config, model_config_to_json
+
+BUNDLE_FORMAT = "baichuan-audio-bundle"
+BUNDLE_VERSION = 1
+BUNDLE_FILE = "bundle.json"
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIRS = {"model": "params", "vocoder": "vocoder"}
+TOKENIZER_DIR = "tokenizer"
+EXTRAS_DIR = "reference_extras"
+# Files of a Hugging Face tokenizer (or a sentencepiece model) recognised in a model directory.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "merges.txt", "tokenizer.model", "spiece.model")
+# Reference-side files carried in reference_extras/ and written back on export.
+REFERENCE_SIDE_FILES = ("config.json", "generation_config.json")
+
+
+class BundleError(ValueError):
+    pass
+
+
+def is_bundle(path: str | os.PathLike) -> bool:
+    path = os.fspath(path)
+    return os.path.isdir(path) and os.path.exists(os.path.join(path, BUNDLE_FILE))
+
+
+def read_bundle_info(path: str | os.PathLike) -> dict:
+    path = os.fspath(path)
+    info_path = os.path.join(path, BUNDLE_FILE)
+    if not os.path.isdir(path):
+        raise BundleError(f"bundle {path} does not exist")
+    if not os.path.exists(info_path):
+        raise BundleError(f"{path} is not a model bundle (no {BUNDLE_FILE})")
+    try:
+        with open(info_path) as f:
+            info = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise BundleError(f"{info_path}: cannot read ({e})") from e
+    if info.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{info_path}: not a {BUNDLE_FORMAT} file")
+    if info.get("format_version") != BUNDLE_VERSION:
+        raise BundleError(f"{info_path}: bundle format version {info.get('format_version')} is not supported "
+                          f"(this version reads {BUNDLE_VERSION})")
+    return info
+
+
+def bundle_model_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """The ``model`` section stored in a bundle."""
+    return load_config(os.fspath(path)).model
+
+
+def write_json(path: str, data: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False)
+        f.write("\n")
+
+
+def dtype_summary(dtypes: Iterable[Any]) -> dict[str, int]:
+    """dtype name -> number of arrays."""
+    out: dict[str, int] = {}
+    for d in dtypes:
+        name = np.dtype(d).name
+        out[name] = out.get(name, 0) + 1
+    return out
+
+
+def compress_dtypes(dtypes: Mapping[str, Any]) -> dict:
+    """name -> dtype as {"default": most common, "exceptions": {name: dtype}} (small in bundle.json)."""
+    names = {k: np.dtype(v).name for k, v in dtypes.items()}
+    if not names:
+        return {"default": None, "exceptions": {}}
+    counts: dict[str, int] = {}
+    for v in names.values():
+        counts[v] = counts.get(v, 0) + 1
+    default = max(counts, key=counts.get)
+    return {"default": default, "exceptions": {k: v for k, v in names.items() if v != default}}
+
+
+def expand_dtype(record: Mapping[str, Any] | None, name: str) -> str | None:
+    if not record:
+        return None
+    return record.get("exceptions", {}).get(name, record.get("default"))
+
+
+def copy_tokenizer(source: str | os.PathLike, dest_dir: str) -> list[str]:
+    """Copies a tokenizer file, or the recognised tokenizer files of a directory, into ``dest_dir``."""
+    source = os.fspath(source)
+    if os.path.isfile(source):
+        files = [source]
+    elif os.path.isdir(source):
+        files = [os.path.join(source, f) for f in TOKENIZER_FILES if os.path.isfile(os.path.join(source, f))]
+        if not files:
+            raise BundleError(f"{source}: no tokenizer files (looked for {', '.join(TOKENIZER_FILES)})")
+    else:
+        raise BundleError(f"tokenizer {source} does not exist")
+    os.makedirs(dest_dir, exist_ok=True)
+    for f in files:
+        shutil.copy2(f, os.path.join(dest_dir, os.path.basename(f)))
+    return sorted(os.path.basename(f) for f in files)
+
+
+def tokenizer_files_in(directory: str) -> bool:
+    return any(os.path.isfile(os.path.join(directory, f)) for f in TOKENIZER_FILES)
+
+
+def make_info(*, components: Sequence[str], checkpoints: Mapping[str, Mapping[str, Any]], tokenizer: Sequence[str],
+              reference_dtypes: Mapping[str, Any] | None = None, extras: Sequence[str] = (),
+              carried_unsupported: Mapping[str, int] | None = None, source: str = "") -> dict:
+    """The content of ``bundle.json``.
+
+    ``checkpoints``: per checkpoint kind present (``model``, ``vocoder``): its directory and the
+    dtype summary of its arrays. ``reference_dtypes``: per checkpoint kind, the dtype of every
+    reference tensor it came from (compressed), so export restores them exactly.
+    """
+    return {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "components": list(components),
+        "checkpoints": {k: dict(v) for k, v in checkpoints.items()},
+        "tokenizer": list(tokenizer),
+        "reference_dtypes": dict(reference_dtypes or {}),
+        "reference_extras": list(extras),
+        "carried_unsupported": dict(carried_unsupported or {}),
+        "source": source,
+    }
+
+
+def finish_bundle(staging: str, model_config: ml_collections.ConfigDict, info: Mapping[str, Any]) -> None:
+    """Writes ``config.json`` and, last, ``bundle.json`` into a staged bundle."""
+    write_json(os.path.join(staging, CONFIG_FILE), model_config_to_json(model_config))
+    write_json(os.path.join(staging, BUNDLE_FILE), dict(info))
+
+
+# ----------------------------------------------------------------------------- restore
+
+def checkpoint_model(checkpoint: str, cfg: ModelConfig, rngs: nnx.Rngs,
+                     components: Sequence[str] | None = None) -> nnx.Module:
+    """The module whose state a bundle checkpoint holds: ``BaichuanAudio`` for ``"model"``, the
+    vocoder component's model for ``"vocoder"``."""
+    from baichuan_audio_jax.conversion.components import require_checkpoint_support
+    from baichuan_audio_jax.models.baichuan_audio import BaichuanAudio
+
+    if checkpoint == "model":
+        return BaichuanAudio(cfg, rngs=rngs, components=components)
+    comps = require_checkpoint_support(checkpoint)
+    return comps[0].build(cfg, rngs)
+
+
+def _flat(state) -> dict[tuple, Any]:
+    return {tuple(p): v for p, v in nnx.to_flat_state(state)}
+
+
+def restore_state(directory: str, abstract_state: Any, shardings: Any = None) -> Any:
+    """Restores an NNX state (given abstractly) from an Orbax checkpoint holding (at least) its
+    parameters, cast to the state's dtypes. ``shardings``: None (default device), a ``Mesh``
+    (placement from the logical axis rules) or a state-shaped tree of shardings."""
+    import orbax.checkpoint as ocp
+    from flax import traverse_util
+    from jax.sharding import Mesh, SingleDeviceSharding
+
+    from baichuan_audio_jax.conversion.orbax_io import OrbaxParams
+    from baichuan_audio_jax.sharding import state_shardings
+
+    flat = _flat(abstract_state)
+    if shardings is None:
+        flat_sh = {p: SingleDeviceSharding(jax.devices()[0]) for p in flat}
+    elif isinstance(shardings, Mesh):
+        flat_sh = _flat_shardings(state_shardings(abstract_state, shardings), flat)
+    else:
+        flat_sh = _flat_shardings(shardings, flat)
+    stored = OrbaxParams(directory)
+    problems = []
+    for p, var in flat.items():
+        v = var.get_value()
+        if p not in stored:
+            problems.append(f"{'/'.join(map(str, p))}: absent from the checkpoint")
+        elif stored.shape(p) != tuple(v.shape):
+            problems.append(f"{'/'.join(map(str, p))}: checkpoint shape {stored.shape(p)}, model expects "
+                            f"{tuple(v.shape)}")
+    if problems:
+        raise BundleError(f"{directory} does not match the model ({len(problems)} problem(s)): "
+                          + "; ".join(problems[:10]))
+    target = traverse_util.unflatten_dict({
+        p: jax.ShapeDtypeStruct(var.get_value().shape, var.get_value().dtype, sharding=flat_sh[p])
+        for p, var in flat.items()})
+    restored = ocp.PyTreeCheckpointer().restore(
+        os.path.abspath(directory),
+        args=ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                    partial_restore=True))
+    nnx.replace_by_pure_dict(abstract_state, restored)
+    return abstract_state
+
+
+def _flat_shardings(tree: Any, flat_state: Mapping[tuple, Any]) -> dict[tuple, Any]:
+    leaves = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+    if len(leaves) != len(flat_state):
+        raise BundleError(f"{len(leaves)} shardings given for {len(flat_state)} arrays")
+    return dict(zip(flat_state, leaves))
+
+
+@dataclasses.dataclass
+class LoadedBundle:
+    model: nnx.Module | None  # BaichuanAudio with the requested components (None: a vocoder-only bundle)
+    config: ModelConfig
+    model_config: ml_collections.ConfigDict  # the config's model section as stored
+    info: dict
+    vocoder: nnx.Module | None = None
+    tokenizer_dir: str | None = None  # tokenizer files, if the bundle has any
+
+
+def load_bundle(path: str | os.PathLike, *, shardings: Any = None, components: Sequence[str] | None = None,
+                vocoder: bool | None = None) -> LoadedBundle:
+    """Restores a bundle's model (and vocoder) with the dtypes of its config.
+
+    ``components``: the components to restore (default: every one in the bundle). ``shardings``:
+    None, a ``jax.sharding.Mesh`` (each parameter placed by its logical axes) or a tree of
+    shardings matching the model state. ``vocoder``: restore it (default: if present).
+    """
+    from baichuan_audio_jax.conversion.components import COMPONENTS, components_of
+
+    path = os.fspath(path)
+    info = read_bundle_info(path)
+    model_config = bundle_model_config(path)
+    cfg = ModelConfig.from_config(model_config)
+    present = list(info.get("components", []))
+    unknown = [c for c in present if c not in COMPONENTS]
+    if unknown and components is None:
+        raise BundleError(f"{path} holds component(s) {unknown} that this version does not know")
+    model_components = [c.name for c in components_of("model") if c.name in present]
+    wanted = model_components if components is None else list(components)
+    absent = [c for c in wanted if c not in present]
+    if absent:
+        raise BundleError(f"{path} has no component(s) {absent} (it has {present})")
+    model = None
+    if "model" in info.get("checkpoints", {}):
+        graphdef, state = nnx.split(nnx.eval_shape(
+            lambda: checkpoint_model("model", cfg, nnx.Rngs(0), components=wanted)))
+        state = restore_state(os.path.join(path, CHECKPOINT_DIRS["model"]), state, shardings)
+        model = nnx.merge(graphdef, state)
+    voc = None
+    has_vocoder = "vocoder" in info.get("checkpoints", {})
+    if vocoder or (vocoder is None and has_vocoder):
+        if not has_vocoder:
+            raise BundleError(f"{path} has no vocoder")
+        vgraph, vstate = nnx.split(nnx.eval_shape(lambda: checkpoint_model("vocoder", cfg, nnx.Rngs(0))))
+        vstate = restore_state(os.path.join(path, CHECKPOINT_DIRS["vocoder"]), vstate, shardings)
+        voc = nnx.merge(vgraph, vstate)
+    tok = os.path.join(path, TOKENIZER_DIR)
+    return LoadedBundle(model, cfg, model_config, info, voc, tok if os.path.isdir(tok) else None)
+
+
+# ----------------------------------------------------------------------------- save
+
+def save_bundle(path: str | os.PathLike, model_config: ml_collections.ConfigDict, model: nnx.Module | Any, *,
+                vocoder: nnx.Module | Any | None = None, tokenizer: str | os.PathLike | None = None,
+                reference_extras: str | os.PathLike | None = None, source: str = "",
+                overwrite: bool = False) -> str:
+    """Writes a bundle from in-memory states (e.g. at the end of training).
+
+    ``model``: a ``BaichuanAudio`` (or its state); its arrays may be sharded over a mesh.
+    ``reference_extras``: the ``reference_extras/`` directory of the bundle the run started from,
+    carried over so an export to the reference layout keeps its unused tensors and config.
+    Multi-process runs call this on every process (file operations happen on process 0).
+    """
+    from baichuan_audio_jax.conversion.orbax_io import save_tree
+    from baichuan_audio_jax.staging import staged_directory, staging_path
+
+    def pure(x):
+        return nnx.to_pure_dict(nnx.state(x) if isinstance(x, nnx.Module) else x)
+
+    trees = {"model": pure(model)}
+    components = list(getattr(model, "component_names", ()) or trees["model"])
+    if vocoder is not None:
+        trees["vocoder"] = pure(vocoder)
+    multi = jax.process_count() > 1
+    path = os.path.abspath(os.fspath(path))
+
+    def write(staging: str) -> None:
+        checkpoints = {}
+        for kind, tree in trees.items():
+            save_tree(os.path.join(staging, CHECKPOINT_DIRS[kind]), tree)
+            checkpoints[kind] = {"directory": CHECKPOINT_DIRS[kind],
+                                 "dtypes": dtype_summary(a.dtype for a in jax.tree.leaves(tree))}
+        if jax.process_index() != 0:
+            return
+        tok = copy_tokenizer(tokenizer, os.path.join(staging, TOKENIZER_DIR)) if tokenizer is not None else []
+        extras = []
+        if reference_extras is not None:
+            shutil.copytree(os.fspath(reference_extras), os.path.join(staging, EXTRAS_DIR))
+            extras = sorted(os.listdir(os.path.join(staging, EXTRAS_DIR)))
+        finish_bundle(staging, model_config, make_info(
+            components=components + (["vocoder"] if vocoder is not None else []), checkpoints=checkpoints,
+            tokenizer=tok, extras=extras, source=source))
+
+    if not multi:
+        with staged_directory(path, overwrite=overwrite) as staging:
+            write(staging)
+        return path
+    from jax.experimental import multihost_utils
+
+    staging = staging_path(path)
+    if jax.process_index() == 0:
+        if os.path.exists(path) and not overwrite:
+            raise FileExistsError(f"output {path} already exists")
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging)
+    multihost_utils.sync_global_devices("bundle:staging")
+    write(staging)
+    multihost_utils.sync_global_devices("bundle:written")
+    if jax.process_index() == 0:
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.rename(staging, path)
+    multihost_utils.sync_global_devices("bundle:renamed")
+    return path
+
