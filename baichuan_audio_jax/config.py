@@ -192,6 +192,10 @@ class FlowMatchingConfig(_FromDict):
     layer_norm_eps: float = 1e-5  # U-Net LayerNorms
     ffn_multiplier: int = 4  # U-Net feed-forward width = ffn_multiplier × channels
     time_embed_scale: float = 1000.0  # the sinusoidal time embedding sees scale·t
+    # Sampler: one estimator call on the stacked [conditional; unconditional] batch per Euler step
+    # (about 2x faster on CPU; equal to the reference's two calls up to float32 rounding) or the
+    # reference's two calls (conditional first).
+    batched_guidance: bool = True
 
     @property
     def estimator_in_channels(self) -> int:

@@ -79,6 +79,11 @@ class FlowMatchingPrenet(nnx.Module):
         self.final_norm = RMSNorm(d, eps=fm.rms_norm_eps, **kw)
         self.out_proj = Dense(d, fm.prenet_out_dim, in_axis="embed", out_axes=None, use_bias=False, **kw)
 
+    def output_frames(self, t: int) -> int:
+        """Padded output length for a padded input of ``t`` frames."""
+        ratio = self.cfg.flow_matching.prenet_target_mel_length_scale_ratio
+        return t if ratio == 1.0 else int(np.float32(t) * np.float32(ratio))
+
     def __call__(self, hidden: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
         """hidden [B, T, in_dim] (zero past ``lengths``; T = max length as the reference slices) ->
         (µ [B, T', out_dim] with exact zeros past the new lengths, new lengths)."""
@@ -87,8 +92,7 @@ class FlowMatchingPrenet(nnx.Module):
         out_lengths = prenet_output_lengths(lengths, ratio)
         x = hidden.astype(jnp.dtype(self.cfg.dtype))
         if ratio != 1.0:
-            t_out = int(np.float32(x.shape[1]) * np.float32(ratio))
-            x = x[:, nearest_resize_indices(x.shape[1], t_out)]
+            x = x[:, nearest_resize_indices(x.shape[1], self.output_frames(x.shape[1]))]
         x = self.in_fc2(jax.nn.silu(self.in_fc1(x)))
         x = run_layers(self.layers, x, out_lengths, causal=True, scan=self.cfg.scan_layers,
                        remat_policy=self.cfg.remat_policy)
@@ -232,30 +236,28 @@ class ConditionalUNet(nnx.Module):
 
 # ----------------------------------------------------------------------------- CFM sampler
 
-def _round(x, dtype) -> np.ndarray:
-    """Round float64 values to ``dtype`` via float32 (how PyTorch computes reduced-precision ops)."""
-    return np.asarray(np.asarray(x, np.float64).astype(np.float32)).astype(dtype)
+def _f32(x) -> np.ndarray:
+    """Round float64 values to float32 (exact float32 arithmetic for sums/products of float32s)."""
+    return np.asarray(x, np.float64).astype(np.float32)
 
 
 def time_grid(n_steps: int, scheduler: str = "cosine", dtype="float32") -> np.ndarray:
-    """The reference's t_span, [n_steps + 1] in ``dtype``: torch ``linspace(0, 1, n + 1)`` then, for
-    the cosine schedule, 1 − cos(t·0.5·π), each operation rounded to ``dtype`` (correctly rounded
-    cos, which is what PyTorch's float32 kernel returns on these points)."""
+    """The reference's t_span, [n_steps + 1]: torch ``linspace(0, 1, n + 1)`` in float32, for the
+    cosine schedule 1 − cos(t·0.5·π) (each operation rounded to float32; cos correctly rounded,
+    which is what PyTorch's float32 kernel returns on these points), then cast to ``dtype``."""
     if n_steps < 1:
         raise ValueError(f"the sampler needs at least one step, got {n_steps}")
     if scheduler not in ("cosine", "linear"):
         raise ValueError(f"unknown t_scheduler {scheduler!r} (cosine or linear)")
-    dt = jnp.dtype(dtype)
     steps = n_steps + 1
-    step = _round(1.0 / n_steps, dt).astype(np.float64)
-    half = steps // 2
-    lin = np.array([_round(step * i, dt) if i < half else _round(1.0 - _round(step * (steps - i - 1), dt), dt)
-                    for i in range(steps)], dtype=dt)
-    if scheduler == "linear":
-        return lin
-    arg = _round(_round(lin.astype(np.float64) * 0.5, dt).astype(np.float64) * np.float64(np.float32(np.pi)), dt)
-    cos = _round(np.cos(arg.astype(np.float64)), dt)
-    return _round(1.0 - cos.astype(np.float64), dt)
+    step = np.float64(_f32(1.0 / n_steps))
+    half = steps // 2  # torch fills the first half from 0 and the second half back from 1
+    grid = np.array([_f32(step * i) if i < half else _f32(1.0 - np.float64(_f32(step * (steps - i - 1))))
+                     for i in range(steps)], np.float32)
+    if scheduler == "cosine":
+        arg = _f32(np.float64(_f32(grid * np.float64(0.5))) * np.float64(np.float32(np.pi)))
+        grid = _f32(1.0 - np.float64(_f32(np.cos(arg.astype(np.float64)))))
+    return grid.astype(jnp.dtype(dtype))
 
 
 class EulerSchedule(NamedTuple):
@@ -303,8 +305,14 @@ class FlowMatchingDecoder(nnx.Module):
 
     def guided_velocity(self, x: jax.Array, mask: jax.Array, mu: jax.Array, t: jax.Array,
                         weights: jax.Array) -> jax.Array:
-        """w₀·f(x, µ) − w₁·f(x, 0) with one estimator call on the stacked [cond; uncond] batch
-        (the estimator is batch independent)."""
+        """w₀·f(x, µ) − w₁·f(x, 0). With ``flow_matching.batched_guidance`` one estimator call on
+        the stacked [cond; uncond] batch (the estimator has no cross-row computation, so this equals
+        two calls up to float32 rounding of differently shaped matmuls); otherwise the reference's
+        two calls, conditional first."""
+        if not self.cfg.flow_matching.batched_guidance:
+            v_cond = self.estimator(x, mask, mu, t)
+            v_uncond = self.estimator(x, mask, jnp.zeros_like(mu), t)
+            return weights[0] * v_cond - weights[1] * v_uncond
         b = x.shape[0]
         v = self.estimator(jnp.concatenate([x, x]), jnp.concatenate([mask, mask]),
                            jnp.concatenate([mu, jnp.zeros_like(mu)]), t)

@@ -56,17 +56,14 @@ def flow_matching(comp: FixtureComponent) -> dict:
     v_uncond = estimator(est_state, noise, mask, jnp.zeros_like(mu), jnp.asarray(schedule.t[0]))
     out["step0_v_cond"], out["step0_v_uncond"] = _t(v_cond), _t(v_uncond)
 
+    # The full sampling: prenet output -> Euler loop from the captured noise, keeping the
+    # trajectory (``FlowMatchingDecoder.__call__`` is exactly prenet + this sample call).
     sample, state = pure(model, "sample")
     traj = jax.jit(sample, static_argnames="return_trajectory")(
         state, mu, mask, noise, jnp.asarray(schedule.t), jnp.asarray(schedule.dt),
         jnp.asarray(guidance_weights(rate, cfg.dtype)), return_trajectory=True)
     if "trajectory_steps" in a:
         out["trajectory_x"] = _t(np.asarray(traj.xs)[np.asarray(a["trajectory_steps"])])
-
-    full, state = pure(model)
-    mel, mel_len = jax.jit(full)(state, jnp.asarray(a["hidden_states"]), jnp.asarray(a["input_length"]), noise,
-                                 jnp.asarray(schedule.t), jnp.asarray(schedule.dt),
-                                 jnp.asarray(guidance_weights(rate, cfg.dtype)))
-    out["flow_matching_mel"] = np.asarray(mel)
-    out["flow_matching_mel_lengths"] = np.asarray(mel_len)
+    out["flow_matching_mel"] = np.asarray(traj.mel)
+    out["flow_matching_mel_lengths"] = np.asarray(mu_len)
     return out

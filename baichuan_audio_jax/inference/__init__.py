@@ -1,0 +1,1 @@
+"""Inference pipelines built from the models (waveform synthesis, ...)."""
