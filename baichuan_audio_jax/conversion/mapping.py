@@ -206,7 +206,9 @@ class MappingTable:
 @dataclasses.dataclass(frozen=True)
 class Slot:
     path: Path  # full NNX path
-    index: tuple | None  # slot along the leading (stacked) axes, e.g. (i,) or (m, b); None if unstacked
+    # Slot along the leading stacked axis (an int), along two nested stacked axes (a tuple (m, b),
+    # e.g. the U-Net's mid blocks and their transformer blocks), or None for an unstacked parameter.
+    index: int | tuple | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,7 +230,8 @@ def _parse_path(template: str, values: Mapping[str, int], prefix: tuple) -> Slot
     index = None
     if "@" in s:
         s, idx = s.split("@")
-        index = tuple(int(i) for i in idx.split(","))
+        parts_ = tuple(int(i) for i in idx.split(","))
+        index = parts_[0] if len(parts_) == 1 else parts_
     parts = tuple(int(p) if p.isdigit() else p for p in s.split("/"))
     return Slot(prefix + parts, index)
 
@@ -273,8 +276,13 @@ def _value(var) -> Any:
     return var.get_value() if hasattr(var, "get_value") else var.value
 
 
+def stacked_dims(slot: Slot) -> int:
+    """How many leading stacked axes a slot indexes (0, 1 or the nesting depth)."""
+    return 0 if slot.index is None else 1 if isinstance(slot.index, int) else len(slot.index)
+
+
 def slot_shape(var_shape: tuple, slot: Slot) -> tuple:
-    return tuple(var_shape[len(slot.index):]) if slot.index is not None else tuple(var_shape)
+    return tuple(var_shape[stacked_dims(slot):])
 
 
 def expected_torch_shapes(concrete: Sequence[Concrete], shapes: Mapping[Path, tuple]) -> dict[str, tuple]:
