@@ -39,8 +39,10 @@ def flow_matching(comp: FixtureComponent) -> dict:
     schedule = euler_schedule(steps, sampler.get("t_scheduler", fm.t_scheduler), cfg.dtype)
     out = {}
 
+    # The reference slices the padded hidden states to the longest length before the prenet.
+    hidden = jnp.asarray(a["hidden_states"][:, :int(np.max(a["input_length"]))])
     prenet, prenet_state = pure(model.prenet)
-    mu, mu_len = jax.jit(prenet)(prenet_state, jnp.asarray(a["hidden_states"]), jnp.asarray(a["input_length"]))
+    mu, mu_len = jax.jit(prenet)(prenet_state, hidden, jnp.asarray(a["input_length"]))
     out["prenet_out"] = np.asarray(mu)
     out["prenet_length"] = np.asarray(mu_len)
 
