@@ -230,8 +230,8 @@ def _parse_path(template: str, values: Mapping[str, int], prefix: tuple) -> Slot
     index = None
     if "@" in s:
         s, idx = s.split("@")
-        parts_ = tuple(int(i) for i in idx.split(","))
-        index = parts_[0] if len(parts_) == 1 else parts_
+        slot = tuple(int(i) for i in idx.split(","))
+        index = slot[0] if len(slot) == 1 else slot
     parts = tuple(int(p) if p.isdigit() else p for p in s.split("/"))
     return Slot(prefix + parts, index)
 
