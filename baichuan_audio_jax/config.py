@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -187,6 +188,23 @@ class FlowMatchingConfig(_FromDict):
     fmax: float = 8000.0
     prenet_loss_weight: float = 1.0
     loss_weight: float = 1.0
+    rms_norm_eps: float = 1e-6  # prenet RMSNorms (the audio-side RMSNorm default)
+    layer_norm_eps: float = 1e-5  # U-Net LayerNorms
+    ffn_multiplier: int = 4  # U-Net feed-forward width = ffn_multiplier × channels
+    time_embed_scale: float = 1000.0  # the sinusoidal time embedding sees scale·t
+    # Sampler: one estimator call on the stacked [conditional; unconditional] batch per Euler step
+    # (about 2x faster on CPU; equal to the reference's two calls up to float32 rounding) or the
+    # reference's two calls (conditional first).
+    batched_guidance: bool = True
+
+    @property
+    def estimator_in_channels(self) -> int:
+        """U-Net input width: x and µ concatenated (plus a speaker embedding when spk_emb_dim > 0)."""
+        return 2 * self.in_channels + self.spk_emb_dim
+
+    @property
+    def time_embed_dim(self) -> int:
+        return 4 * self.channels[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,6 +228,12 @@ class VocoderConfig(_FromDict):
     audio_limit: float = 0.99
     f0_cond_channels: int = 512
     f0_num_class: int = 1
+    f0_num_layers: int = 5  # weight-normed conv + ELU pairs of the F0 predictor
+
+    @property
+    def hop_length(self) -> int:
+        """Output samples per mel frame (480 for the released vocoder)."""
+        return math.prod(self.upsample_rates) * self.istft_hop_len
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,15 +396,96 @@ def model_config_from_reference(ref: Mapping[str, Any] | str | os.PathLike) -> m
         for k in ("eos_token_id", "pad_token_id"):
             if isinstance(ref.get(k), int):
                 sections["tokens"][k] = ref[k]
-    fm_fields = {f.name for f in dataclasses.fields(FlowMatchingConfig)}
-    flow = {k: v for k, v in fm.items() if k in fm_fields}
-    cfm = fm.get("cfm_params", {})
-    for k in ("sigma_min", "t_scheduler", "training_cfg_rate", "inference_cfg_rate"):
-        if k in cfm:
-            flow[k] = cfm[k]
+    flow = flow_matching_fields_from_reference(fm)
     if flow:
         sections["flow_matching"] = flow
     return model_config_dict(**sections)
+
+
+# Reference flow_matching_config keys that only switch behaviours this package implements one way
+# (the released model's): the value must be the supported one, or reading the config fails.
+_FM_SUPPORTED = dict(
+    enable=(True,), use_hidden_states_before_dconv2=(True,), prenet_activation_function=("gelu",),
+    act_fn=("gelu",), unet_use_omni_attn=(False,), spk_emb_dim=(0,), dropout=(0, 0.0))
+# Keys read by training code elsewhere or irrelevant to the model's computation.
+_FM_IGNORED = ("use_hires_mel", "max_audio_seconds", "split_overlap", "cal_mel_mae", "cfm_params")
+_CFM_SUPPORTED = dict(solver=("euler",), t_scheduler=("cosine", "linear"))
+
+
+def flow_matching_fields_from_reference(fm: Mapping[str, Any]) -> dict:
+    """``flow_matching_config`` of a reference config.json -> :class:`FlowMatchingConfig` fields.
+
+    Keys with the same name are copied; ``cfm_params`` supplies the sampler settings. A key that
+    selects a behaviour other than the released model's (e.g. ``act_fn``, ``solver``) must hold the
+    supported value; unknown keys are an error so that a new reference option is never ignored.
+    """
+    fields = {f.name for f in dataclasses.fields(FlowMatchingConfig)}
+    flow = {}
+    for k, v in fm.items():
+        if k in _FM_SUPPORTED:
+            if v not in _FM_SUPPORTED[k]:
+                raise ValueError(f"flow_matching_config.{k} = {v!r} is not supported "
+                                 f"(supported: {list(_FM_SUPPORTED[k])})")
+            if k in fields:
+                flow[k] = v
+        elif k in fields:
+            flow[k] = _freeze(v)
+        elif k not in _FM_IGNORED:
+            raise ValueError(f"flow_matching_config.{k} is not a known flow-matching option")
+    channels = flow.get("channels")
+    if channels is not None and len(channels) != 1:
+        raise ValueError(f"flow_matching_config.channels = {list(channels)}: only a single-resolution U-Net "
+                         "(one entry, as released) is supported")
+    cfm = dict(fm.get("cfm_params", {}))
+    for k, v in cfm.items():
+        if k in _CFM_SUPPORTED and v not in _CFM_SUPPORTED[k]:
+            raise ValueError(f"flow_matching_config.cfm_params.{k} = {v!r} is not supported "
+                             f"(supported: {list(_CFM_SUPPORTED[k])})")
+    for k in ("sigma_min", "t_scheduler", "training_cfg_rate", "inference_cfg_rate"):
+        if k in cfm:
+            flow[k] = cfm[k]
+    return flow
+
+
+def vocoder_config_from_reference(block: Mapping[str, Any]) -> VocoderConfig:
+    """The HiFT generator's constructor arguments (as ``Cosy24kVocoder`` passes them, e.g. a parity
+    manifest's ``components.hift_vocoder.config``) -> :class:`VocoderConfig`.
+
+    ``istft_params`` and ``f0_predictor`` are nested in the reference; missing keys keep the
+    released vocoder's values. Unknown keys are an error, except descriptive ones (``note``,
+    ``real_widths_replaced``).
+    """
+    b = dict(block)
+    fields = {f.name for f in dataclasses.fields(VocoderConfig)}
+    out: dict[str, Any] = {}
+    istft = dict(b.pop("istft_params", {}))
+    if "n_fft" in istft:
+        out["istft_n_fft"] = istft.pop("n_fft")
+    if "hop_len" in istft:
+        out["istft_hop_len"] = istft.pop("hop_len")
+    if istft:
+        raise ValueError(f"vocoder config: unknown istft_params key(s) {sorted(istft)}")
+    f0 = dict(b.pop("f0_predictor", {}))
+    if "cond_channels" in f0:
+        out["f0_cond_channels"] = f0.pop("cond_channels")
+    if "num_class" in f0:
+        out["f0_num_class"] = f0.pop("num_class")
+    f0_in = f0.pop("in_channels", b.get("in_channels", 80))
+    if f0:
+        raise ValueError(f"vocoder config: unknown f0_predictor key(s) {sorted(f0)}")
+    for k in ("note", "real_widths_replaced"):
+        b.pop(k, None)
+    unknown = sorted(k for k in b if k not in fields)
+    if unknown:
+        raise ValueError(f"vocoder config: unknown key(s) {unknown}")
+    out.update({k: _freeze(v) for k, v in b.items()})
+    cfg = VocoderConfig.from_dict(out)
+    if f0_in != cfg.in_channels:
+        raise ValueError(f"vocoder config: f0_predictor.in_channels {f0_in} differs from in_channels "
+                         f"{cfg.in_channels}")
+    if cfg.f0_num_class != 1:
+        raise ValueError(f"vocoder config: f0_predictor.num_class {cfg.f0_num_class} (only 1 is supported)")
+    return cfg
 
 
 # --------------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ from baichuan_audio_jax.conversion.mapping import (
     combine_tables,
     expected_torch_shapes,
     slot_shape,
+    stacked_dims,
 )
 from baichuan_audio_jax.conversion.orbax_io import (
     DEFAULT_MAX_INFLIGHT_BYTES,
@@ -272,15 +273,15 @@ def plan_leaves(flat: Mapping[Path, jax.ShapeDtypeStruct], concrete: Sequence[Co
             sources.setdefault(s.path, []).append((c, s))
     leaves = {}
     for path, srcs in sources.items():
-        stacked = [s.index is not None for _, s in srcs]
-        if any(stacked) and not all(stacked):
+        stacked = {stacked_dims(s) for _, s in srcs}
+        if len(stacked) > 1:
             raise ConversionError(f"{_p(path)} is written both whole and per layer by the mapping tables")
-        if not any(stacked) and len(srcs) > 1:
+        if stacked == {0} and len(srcs) > 1:
             raise ConversionError(f"{_p(path)} is written by several reference tensors: "
                                   f"{[c.torch for c, _ in srcs]}")
         dt = np.dtype(dtype) if dtype is not None else np.dtype(
             functools.reduce(jnp.promote_types, [source_dtype(c.torch) for c, _ in srcs]))
-        leaves[path] = StreamedArray(path, tuple(flat[path].shape), dt, stacked=all(stacked))
+        leaves[path] = StreamedArray(path, tuple(flat[path].shape), dt, stacked=stacked.pop())
     return leaves, [p for p in flat if p not in sources]
 
 

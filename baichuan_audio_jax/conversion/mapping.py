@@ -3,9 +3,10 @@
 A component's mapping is a :class:`MappingTable`: a list of entries, each naming one reference
 tensor (a template such as ``model.layers.{i}.self_attn.W_pack.weight``), the NNX parameter
 path(s) it becomes (``layers/attn/q_proj/kernel@{i}``: ``@{i}`` = slot i of a stacked
-``layers`` axis) and a :class:`Transform` that converts in both directions. The target shapes
-come from the model itself (its abstract state), so transforms need no config and the same table
-serves every model size. ``Unused`` entries name reference tensors the JAX model does not need
+``layers`` axis; ``@{m},{b}`` = slot (m, b) of two nested stacked axes) and a
+:class:`Transform` that converts in both directions. The target shapes come from the model
+itself (its abstract state), so transforms need no config and the same table serves every model
+size. ``Unused`` entries name reference tensors the JAX model does not need
 (e.g. the audio head's ignored FFN biases): they are recognised, shape-checked and carried
 through conversions, never silently dropped.
 
@@ -224,7 +225,9 @@ class MappingTable:
 @dataclasses.dataclass(frozen=True)
 class Slot:
     path: Path  # full NNX path
-    index: int | None  # slot along the leading (stacked) axis, or None
+    # Slot along the leading stacked axis (an int), along two nested stacked axes (a tuple (m, b),
+    # e.g. the U-Net's mid blocks and their transformer blocks), or None for an unstacked parameter.
+    index: int | tuple | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,7 +249,8 @@ def _parse_path(template: str, values: Mapping[str, int], prefix: tuple) -> Slot
     index = None
     if "@" in s:
         s, idx = s.split("@")
-        index = int(idx)
+        slot = tuple(int(i) for i in idx.split(","))
+        index = slot[0] if len(slot) == 1 else slot
     parts = tuple(int(p) if p.isdigit() else p for p in s.split("/"))
     return Slot(prefix + parts, index)
 
@@ -291,8 +295,13 @@ def _value(var) -> Any:
     return var.get_value() if hasattr(var, "get_value") else var.value
 
 
+def stacked_dims(slot: Slot) -> int:
+    """How many leading stacked axes a slot indexes (0, 1 or the nesting depth)."""
+    return 0 if slot.index is None else 1 if isinstance(slot.index, int) else len(slot.index)
+
+
 def slot_shape(var_shape: tuple, slot: Slot) -> tuple:
-    return tuple(var_shape[1:]) if slot.index is not None else tuple(var_shape)
+    return tuple(var_shape[stacked_dims(slot):])
 
 
 def expected_torch_shapes(concrete: Sequence[Concrete], shapes: Mapping[Path, tuple]) -> dict[str, tuple]:
@@ -385,9 +394,9 @@ def load_tensors(state: Any, concrete: Sequence[Concrete], get: Callable[[str], 
                 buf[s.index] = a
     for p, a in new_values.items():
         if a.dtype.kind == "f" and np.isnan(a).any() and not np.isnan(a).all():
-            filled = ~np.isnan(a).reshape(a.shape[0], -1).all(axis=1)
-            raise MappingError(f"{'/'.join(map(str, p))}: layer slot(s) {np.where(~filled)[0].tolist()} "
-                               "never written by the mapping table")
+            gaps = np.isnan(a).reshape(a.shape[0], -1).any(axis=1)
+            raise MappingError(f"{'/'.join(map(str, p))}: layer slot(s) {np.where(gaps)[0].tolist()} "
+                               "never (fully) written by the mapping table")
     for p, a in new_values.items():
         var = flat[p]
         var.set_value(a) if hasattr(var, "set_value") else setattr(var, "value", a)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import os
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -37,21 +38,25 @@ class StreamError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class StreamedArray:
-    """A checkpoint leaf written by a producer. ``stacked``: its leading axis is a layer axis
-    written one slice at a time (one storage shard per slice)."""
+    """A checkpoint leaf written by a producer. ``stacked``: how many leading axes are layer axes
+    written one slot at a time (0: the leaf is written whole; 1: a ``layers`` axis; 2: nested
+    stacks such as the U-Net's mid blocks and their transformer blocks), one storage shard per
+    slot."""
 
     key: Key
     shape: tuple
     dtype: np.dtype
-    stacked: bool = False
+    stacked: int = 0
 
     @property
     def write_shape(self) -> tuple:
-        return (1, *self.shape[1:]) if self.stacked else tuple(self.shape)
+        k = int(self.stacked)
+        return (1,) * k + tuple(self.shape[k:])
 
     @property
-    def blocks(self) -> int:
-        return self.shape[0] if self.stacked else 1
+    def blocks(self) -> list[tuple]:
+        """Every slot (an index tuple over the stacked axes; ``[()]`` for a whole leaf)."""
+        return list(itertools.product(*(range(n) for n in self.shape[:int(self.stacked)])))
 
     @property
     def nbytes(self) -> int:
@@ -72,29 +77,31 @@ class StreamTarget:
     def leaf(self, key: Key) -> StreamedArray:
         return self._leaves[key]
 
-    async def write(self, key: Key, array: np.ndarray, index: int | None = None) -> None:
-        """Writes the whole leaf (``index=None``) or slice ``index`` of a stacked leaf."""
+    async def write(self, key: Key, array: np.ndarray, index: int | tuple | None = None) -> None:
+        """Writes the whole leaf (``index=None``) or slot ``index`` (an int for one stacked axis, a
+        tuple for nested stacks) of a stacked leaf."""
         leaf = self._leaves.get(key)
         if leaf is None:
             raise StreamError(f"{'/'.join(map(str, key))} is not a streamed leaf of this checkpoint")
-        expected = tuple(leaf.shape) if index is None else tuple(leaf.shape[1:])
+        idx = None if index is None else (index,) if isinstance(index, int) else tuple(index)
+        k = 0 if idx is None else len(idx)
+        expected = tuple(leaf.shape[k:])
         if tuple(array.shape) != expected:
             raise StreamError(f"{'/'.join(map(str, key))}: writing shape {tuple(array.shape)}, expected {expected}")
-        if index is None and leaf.stacked:
-            blocks = range(leaf.blocks)
-        elif index is not None:
-            if not leaf.stacked or not 0 <= index < leaf.blocks:
-                raise StreamError(f"{'/'.join(map(str, key))}: no layer slot {index}")
-            blocks = [index]
+        if idx is None:
+            blocks = leaf.blocks
         else:
-            blocks = [0]
+            if k != int(leaf.stacked) or not all(0 <= i < n for i, n in zip(idx, leaf.shape)):
+                raise StreamError(f"{'/'.join(map(str, key))}: no layer slot {index}")
+            blocks = [idx]
         done = self._written[key].intersection(blocks)
         if done:
             raise StreamError(f"{'/'.join(map(str, key))}: slot(s) {sorted(done)} written twice")
         array = np.ascontiguousarray(array, dtype=leaf.dtype)
         store = self._stores[key]
-        if index is not None:
-            fut = store[index:index + 1].write(array[None], can_reference_source_data_indefinitely=True)
+        if idx is not None:
+            region = tuple(slice(i, i + 1) for i in idx)
+            fut = store[region].write(array[(None,) * k], can_reference_source_data_indefinitely=True)
         else:
             fut = store.write(array, can_reference_source_data_indefinitely=True)
         self._written[key].update(blocks)
@@ -112,7 +119,7 @@ class StreamTarget:
         while self._inflight:
             await self._retire()
         for key, leaf in self._leaves.items():
-            missing = sorted(set(range(leaf.blocks)) - self._written[key])
+            missing = sorted(set(leaf.blocks) - self._written[key])
             if missing:
                 what = f"layer slot(s) {missing}" if leaf.stacked else "its data"
                 raise StreamError(f"{'/'.join(map(str, key))}: {what} never written")
@@ -227,8 +234,9 @@ class OrbaxParams:
             self._stores[k] = ts.open(spec, open=True, context=self._context).result()
         return self._stores[k]
 
-    def read(self, key: Key, index: int | None = None) -> np.ndarray:
-        """The whole leaf, or ``leaf[index]`` read without the rest of the leading axis."""
+    def read(self, key: Key, index: int | tuple | None = None) -> np.ndarray:
+        """The whole leaf, or ``leaf[index]`` (int or index tuple over stacked axes) read without
+        the rest of the stacked axes."""
         store = self._store(key)
         out = (store if index is None else store[index]).read().result()
         return np.asarray(out).astype(self.dtype(key), copy=False)

@@ -1,1 +1,1 @@
-"""Runtimes: jitted, batched model entry points for tools, pipelines and demos."""
+"""Inference: jitted, batched model entry points (tokenization, waveform synthesis, generation)."""

@@ -34,8 +34,16 @@ def clamp_half(x: jax.Array) -> jax.Array:
 
 
 class WhisperLayer(nnx.Module):
+    """Pre-norm attention + GELU feed-forward layer.
+
+    Defaults are the Whisper convention (q/v/out biases, no k bias, head width dim/heads, half
+    precision overflow guard). The flow-matching U-Net's transformer blocks are the same layer with
+    ``qkv_bias=(False, False, False)``, ``head_dim`` such that heads·head_dim ≠ dim, and no guard.
+    """
+
     def __init__(self, dim: int, num_heads: int, ffn_dim: int, *, norm: str = "layernorm", eps: float = 1e-5,
-                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 head_dim: int | None = None, qkv_bias: tuple[bool, bool, bool] = (True, False, True),
+                 clamp_overflow: bool = True, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         if norm == "layernorm":
             make_norm = lambda: LayerNorm(dim, eps=eps, **kw)
@@ -43,15 +51,18 @@ class WhisperLayer(nnx.Module):
             make_norm = lambda: RMSNorm(dim, eps=eps, **kw)
         else:
             raise ValueError(f"unknown norm {norm!r} (layernorm or rmsnorm)")
+        q_bias, k_bias, v_bias = qkv_bias
+        self.clamp_overflow = clamp_overflow
         self.attn_norm = make_norm()
-        self.attn = MultiHeadAttention(dim, num_heads, q_bias=True, k_bias=False, v_bias=True, out_bias=True, **kw)
+        self.attn = MultiHeadAttention(dim, num_heads, head_dim, q_bias=q_bias, k_bias=k_bias, v_bias=v_bias,
+                                       out_bias=True, **kw)
         self.mlp_norm = make_norm()
         self.mlp = GeluMLP(dim, ffn_dim, **kw)
 
     def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
         x = x + self.attn(self.attn_norm(x), mask)
         x = x + self.mlp(self.mlp_norm(x))
-        return clamp_half(x)
+        return clamp_half(x) if self.clamp_overflow else x
 
 
 def layer_mask(lengths: jax.Array, t: int, causal: bool) -> jax.Array:
