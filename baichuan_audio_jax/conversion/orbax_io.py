@@ -96,7 +96,8 @@ class StreamTarget:
             blocks = [idx]
         done = self._written[key].intersection(blocks)
         if done:
-            raise StreamError(f"{'/'.join(map(str, key))}: slot(s) {sorted(done)} written twice")
+            raise StreamError(f"{'/'.join(map(str, key))}: slot(s) {sorted(b[0] if len(b) == 1 else b for b in done)}"
+                              " written twice")
         array = np.ascontiguousarray(array, dtype=leaf.dtype)
         store = self._stores[key]
         if idx is not None:
@@ -119,7 +120,7 @@ class StreamTarget:
         while self._inflight:
             await self._retire()
         for key, leaf in self._leaves.items():
-            missing = sorted(set(leaf.blocks) - self._written[key])
+            missing = [b[0] if len(b) == 1 else b for b in sorted(set(leaf.blocks) - self._written[key])]
             if missing:
                 what = f"layer slot(s) {missing}" if leaf.stacked else "its data"
                 raise StreamError(f"{'/'.join(map(str, key))}: {what} never written")
