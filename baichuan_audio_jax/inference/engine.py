@@ -83,6 +83,7 @@ class RowResult:
     new_tokens: int  # decoding steps taken
     budget: int  # the new-token limit that applied (max_new_tokens, or less to fit the context)
     sequence: np.ndarray  # int32: every token the model was fed, prompt included, in order
+    segment_text_ends: list[int]  # len(text_tokens) when each audio segment ended
 
 
 class RowParams(NamedTuple):
@@ -204,13 +205,14 @@ def _extend_jit(graphdef, state, ds, ids, codes, mask, tables):
 
 
 @functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(3,))
-def _run_jit(graphdef, state, protocol, ds, params, tables, stop_masks):
+def _run_jit(graphdef, state, protocol, ds, params, tables, stop_masks, max_steps):
     ds = ds._replace(rows=ds.rows._replace(event=jnp.zeros_like(ds.rows.event)))
     size = ds.ids.shape[1]
+    stop_index = jnp.minimum(ds.index + max_steps, size)
 
     def cond(ds):
         active = (ds.rows.phase == il.TEXT) | (ds.rows.phase == il.AUDIO)
-        return active.any() & ~ds.rows.event.any() & (ds.index < size)
+        return active.any() & ~ds.rows.event.any() & (ds.index < stop_index)
 
     def body(ds):
         return _decode_step(graphdef, state, protocol, params, tables, stop_masks, ds)[0]
@@ -231,12 +233,12 @@ SegmentCallback = Callable[[int, np.ndarray], None]
 class DecodingEngine:
     """Batched generation with an :class:`AudioLLM` (see the module docstring).
 
-    ``token_strings``: the text of every token id (for stop strings; only needed by protocols
-    with stop strings). ``max_context``: the longest sequence (prompt + generation) a row may
+    ``token_strings``: the text of every token id, or a function giving it (for stop strings;
+    only needed by protocols with stop strings). ``max_context``: the longest sequence (prompt + generation) a row may
     reach (default ``llm.max_position_embeddings``). ``chunk``: the longest prefill chunk.
     """
 
-    def __init__(self, llm: AudioLLM, *, token_strings: Sequence[str] | None = None,
+    def __init__(self, llm: AudioLLM, *, token_strings: Sequence[str] | Callable[[], Sequence[str]] | None = None,
                  max_context: int | None = None, chunk: int = 512, min_cache: int = 128, min_chunk: int = 16):
         self.cfg = llm.cfg
         self.graphdef, self.state = nnx.split(llm)
@@ -244,11 +246,18 @@ class DecodingEngine:
         self.chunk = int(chunk)
         self.cache_sizes = ladder(min(min_cache, self.max_context), self.max_context)
         self.chunk_sizes = ladder(min(min_chunk, self.chunk), self.chunk)
-        self.token_strings = None if token_strings is None else list(token_strings)
-        self._tables: dict[tuple, StopTables] = {}
+        self._token_strings = token_strings
+        self._tables: dict[tuple, StopTables] = {}  # (strings, built from token strings) -> tables
         self.compiled: set[tuple] = set()
 
     # ------------------------------------------------------------------ helpers
+
+    @property
+    def token_strings(self) -> list[str] | None:
+        """The text of every token id (computed on first use when given as a function)."""
+        if callable(self._token_strings):
+            self._token_strings = list(self._token_strings())
+        return self._token_strings
 
     def stop_tables(self, protocol: il.Protocol) -> tuple[StopTables, jax.Array]:
         """Stop tables over the speech demo's strings plus the protocol's (one table shape for
@@ -257,9 +266,15 @@ class DecodingEngine:
             raise ValueError("this protocol has stop strings; the engine needs token_strings (a text tokenizer)")
         strings = tuple(dict.fromkeys(il.SPEECH_STOP_STRINGS + protocol.first_stop_strings
                                       + protocol.later_stop_strings))
-        if strings not in self._tables:
-            self._tables[strings] = build_stop_tables(strings, self.token_strings or [""] * self.cfg.llm.vocab_size)
-        tables = self._tables[strings]
+        # A protocol without stop strings takes any table of the same shape (its masks are off),
+        # so the token strings are computed only when a protocol needs them.
+        tables = self._tables.get((strings, True))
+        if tables is None and protocol.stop_strings:
+            tables = self._tables[(strings, True)] = build_stop_tables(strings, self.token_strings)
+        if tables is None:
+            tables = self._tables.get((strings, False))
+            if tables is None:
+                tables = self._tables[(strings, False)] = build_stop_tables(strings, [""] * self.cfg.llm.vocab_size)
         masks = protocol.stop_string_masks(strings) & bool(protocol.text)
         return tables, jnp.asarray(masks)
 
@@ -350,7 +365,8 @@ class DecodingEngine:
             b, phase=np.asarray([il.TEXT if r.start == "text" else il.AUDIO for r in requests], np.int32),
             feed_id=np.asarray([ids[-1] for ids, _ in checked], np.int32),
             feed_codes=np.stack([codes[-1] for _, codes in checked]), budget=np.asarray(budgets, np.int32),
-            max_frames=bucket(protocol.audio_max_frames, FRAME_BUFFERS), max_text=size)
+            max_frames=bucket(protocol.audio_max_frames, FRAME_BUFFERS) if protocol.speech else FRAME_BUFFERS[0],
+            max_text=size)
         ds = DecodeState(
             cache=cache, ids=jnp.zeros((b, size), jnp.int32), valid=jnp.zeros((b, size), bool),
             index=jnp.zeros((), jnp.int32), position=jnp.zeros((b,), jnp.int32),
@@ -368,11 +384,13 @@ class DecodingEngine:
         full, rest = divmod(n, self.chunk)
         return full * self.chunk + (bucket(rest, self.chunk_sizes) if rest else 0)
 
-    def run(self, ds: DecodeState, protocol: il.Protocol, params: RowParams) -> DecodeState:
-        """Decodes until a row ends an audio segment or waits, or every row is done."""
+    def run(self, ds: DecodeState, protocol: il.Protocol, params: RowParams, max_steps: int = 1 << 30) -> DecodeState:
+        """Decodes until a row ends an audio segment or waits, every row is done, or ``max_steps``
+        steps have run."""
         tables, masks = self.stop_tables(protocol)
         self.compiled.add(("run",) + self._shapes(ds))
-        return _run_jit(self.graphdef, self.state, protocol.arrays(), ds, params, tables, masks)
+        return _run_jit(self.graphdef, self.state, protocol.arrays(), ds, params, tables, masks,
+                        np.asarray(max_steps, np.int32))
 
     def step(self, ds: DecodeState, protocol: il.Protocol, params: RowParams) -> tuple[DecodeState, StepOutputs]:
         """One decoding step (the loop body on its own, for inspection)."""
@@ -386,32 +404,39 @@ class DecodingEngine:
         return ds.valid.shape[0], ds.valid.shape[1], ds.rows.segment_codes.shape[1]
 
     def generate(self, requests: Sequence[Request], protocol: il.Protocol,
-                 on_segment: SegmentCallback | None = None) -> list[RowResult]:
+                 on_segment: SegmentCallback | None = None,
+                 on_progress: Callable[[np.ndarray, list[int]], None] | None = None,
+                 progress_steps: int = 64) -> list[RowResult]:
         """Runs every request to its end. ``on_segment(row, codes)`` is called as soon as a row
-        finishes an audio segment (codes int32 [N, 8], possibly empty)."""
+        finishes an audio segment (codes int32 [N, 8], possibly empty); ``on_progress(new tokens
+        per row, new-token limits)`` at least every ``progress_steps`` steps."""
         ds, params, budgets = self.start(requests, protocol)
         tables, _ = self.stop_tables(protocol)
         size = ds.valid.shape[1]
         pending = [list(r.continuations) for r in requests]
         segments: list[list[np.ndarray]] = [[] for _ in requests]
+        text_ends: list[list[int]] = [[] for _ in requests]
 
-        def emit(row: int, codes: np.ndarray) -> None:
+        def emit(row: int, codes: np.ndarray, text_count: int) -> None:
             segments[row].append(codes)
+            text_ends[row].append(int(text_count))
             if on_segment is not None:
                 on_segment(row, codes)
 
         while True:
-            ds = self.run(ds, protocol, params)
+            ds = self.run(ds, protocol, params, progress_steps if on_progress is not None else 1 << 30)
             rows = jax.tree.map(np.array, jax.device_get(ds.rows))
+            if on_progress is not None:
+                on_progress(rows.generated.copy(), budgets)
             index = int(ds.index)
             for r in np.flatnonzero(rows.event):
-                emit(int(r), rows.segment_codes[r, :rows.frame_count[r]].copy())
+                emit(int(r), rows.segment_codes[r, :rows.frame_count[r]].copy(), rows.out_count[r])
             modified = False
             active = (rows.phase == il.TEXT) | (rows.phase == il.AUDIO)
             if index >= size and active.any():  # the cache is full: stop cleanly
                 for r in np.flatnonzero(active):
                     if rows.phase[r] == il.AUDIO:
-                        emit(int(r), rows.segment_codes[r, :rows.frame_count[r]].copy())
+                        emit(int(r), rows.segment_codes[r, :rows.frame_count[r]].copy(), rows.out_count[r])
                     rows.phase[r], rows.finish[r] = il.DONE, il.CONTEXT
                 modified = True
             chunks = {}
@@ -444,5 +469,5 @@ class DecodingEngine:
             out.append(RowResult(
                 text_tokens=[int(t) for t in rows.out_text[r, :n]], segments=segments[r],
                 finish_reason=il.FINISH_REASONS[int(rows.finish[r])], new_tokens=int(rows.generated[r]),
-                budget=budgets[r], sequence=ids[r][valid[r]]))
+                budget=budgets[r], sequence=ids[r][valid[r]], segment_text_ends=text_ends[r]))
         return out
