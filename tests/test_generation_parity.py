@@ -20,10 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from generation_helpers import fixture_config, llm, synthetic_token_strings
 
-from baichuan_audio_jax.conversion.loading import load_model
-from baichuan_audio_jax.conversion.mapping import combine_tables
-from baichuan_audio_jax.conversion.tables import audio_embed_table, audio_head_table, llm_table
 from baichuan_audio_jax.inference import interleave as il
 from baichuan_audio_jax.inference.engine import DecodingEngine, PhaseSampling, Request
 from baichuan_audio_jax.inference.sampling import SamplingParams
@@ -31,24 +29,6 @@ from baichuan_audio_jax.models.audio_llm import AudioLLM
 
 MARGIN = 1e-4
 FULL_LEN = 160  # the reference decoder's fixed (right-padded) forward length
-
-
-def token_strings(vocab: int) -> list[str]:
-    """A synthetic vocabulary dense in stop-string material: a third of the tokens end with '.',
-    a third start with a space (so '. ' completes across two tokens), some hold '，' or are '?'."""
-    out = []
-    for i in range(vocab):
-        if i % 3 == 0:
-            out.append(f"a{i}.")
-        elif i % 3 == 1:
-            out.append(f" b{i}")
-        elif i % 20 == 2:
-            out.append(f"c{i}，d")
-        elif i % 20 == 5:
-            out.append("?")
-        else:
-            out.append(f"e{i}")
-    return out
 
 
 def with_eos_bias(model: AudioLLM, delta: float) -> AudioLLM:
@@ -62,12 +42,9 @@ def with_eos_bias(model: AudioLLM, delta: float) -> AudioLLM:
 
 
 @pytest.fixture(scope="module")
-def lm(fixture_set):
-    cfg = fixture_set.model_config
-    weights = {**fixture_set.component("omni_lm").weights, **fixture_set.component("audio_head").weights}
-    tables = combine_tables(llm_table(cfg), audio_embed_table(cfg), audio_head_table(cfg))
-    model, _ = load_model(lambda: AudioLLM(cfg, rngs=nnx.Rngs(0)), tables, weights)
-    return cfg, model
+def lm(parity_dir):
+    cfg = fixture_config(str(parity_dir))
+    return cfg, llm(str(parity_dir), cfg)
 
 
 class ReferenceDecoder:
@@ -225,7 +202,7 @@ def test_interleaved_speech_chat_matches_reference_protocol(lm):
     """Text → audio → text → … with both overwrite rules, stop strings, audio segments ending by
     EOS and by the frame limit, and the round limit."""
     cfg, model = lm
-    strings = token_strings(cfg.llm.vocab_size)
+    strings = synthetic_token_strings(cfg.llm.vocab_size)
     stops = il.SPEECH_STOP_STRINGS
     prompt = [11, 43, 88, 120, 301, 17, 9]
     kw = dict(first_max=6, later_max=8, frames=6, rounds=4)
@@ -254,7 +231,7 @@ def test_text_to_speech_pieces_match_reference_protocol(lm):
     cfg, model = lm
     engine = DecodingEngine(model)
     pieces = [[21, 22, 23, 24], [31, 32, 33], [41, 42, 43, 44, 45]]
-    ref = ReferenceDecoder(cfg, model, token_strings(cfg.llm.vocab_size))
+    ref = ReferenceDecoder(cfg, model, synthetic_token_strings(cfg.llm.vocab_size))
     reason = ref.tts(pieces, frames=7, penalty=1.3, budget=10 ** 9)
     ags = cfg.tokens.audiogen_start_token_id
     request = Request(np.asarray(pieces[0] + [ags]), start="audio", sampling=greedy(1.0, 1.3), max_new_tokens=100,
@@ -272,7 +249,7 @@ def test_transcription_with_audio_prompt_matches_reference_protocol(lm, fixture_
     ids = [5, 6, 7, t.audio_start_token_id] + [t.audio_pad_token_id] * len(codes) + [t.audio_end_token_id]
     aligned = np.zeros((len(ids), 8), np.int32)
     aligned[4:4 + len(codes)] = codes
-    ref = ReferenceDecoder(cfg, model, token_strings(cfg.llm.vocab_size))
+    ref = ReferenceDecoder(cfg, model, synthetic_token_strings(cfg.llm.vocab_size))
     reason = ref.transcribe(ids, aligned, max_new=30, penalty=1.3)
     engine = DecodingEngine(model)
     (result,) = engine.generate([Request(np.asarray(ids), aligned, sampling=greedy(1.3, 1.0), max_new_tokens=30)],

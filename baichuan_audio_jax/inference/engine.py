@@ -304,19 +304,19 @@ class DecodingEngine:
                 raise ValueError(f"request {i}: continuation {j} has token ids outside [0, {vocab})")
         return ids.astype(np.int32), codes.astype(np.int32)
 
+    def _chunk_plan(self, n: int, exact: bool = False) -> list[int]:
+        """Chunk lengths for appending n tokens: full chunks, plus one bucketed (or, with
+        ``exact``, unpadded) chunk for the rest, which goes first (it holds the left padding)."""
+        full, rest = divmod(n, self.chunk)
+        head = [] if not rest else [rest if exact else bucket(rest, self.chunk_sizes)]
+        return head + [self.chunk] * full
+
     def _extend(self, ds: DecodeState, chunks: dict[int, tuple[np.ndarray, np.ndarray]],
-                tables: StopTables) -> DecodeState:
+                tables: StopTables, exact: bool = False) -> DecodeState:
         """Appends per-row token runs (row -> (ids [n], codes [n, 8])), left-padded to a common
         length; rows not named get only padding."""
         b = ds.valid.shape[0]
-        total = max(len(ids) for ids, _ in chunks.values())
-        pieces = []
-        remaining = total
-        while remaining > 0:
-            n = min(self.chunk, remaining) if remaining > self.chunk else remaining
-            pieces.append(bucket(n, self.chunk_sizes))
-            remaining -= n
-        pieces.reverse()  # the padded (smallest) chunk first
+        pieces = self._chunk_plan(max(len(ids) for ids, _ in chunks.values()), exact)
         width = sum(pieces)
         ids = np.full((b, width), self.cfg.tokens.pad_token_id, np.int32)
         codes = np.zeros((b, width, NUM_CODEBOOKS), np.int32)
@@ -349,8 +349,11 @@ class DecodingEngine:
                              "(llm.max_position_embeddings)")
         # Cache slots: the prefill, every row's text-piece extensions (rows extend at different
         # times and each extension takes slots in every row) and the longest generation.
-        prefill = self._prefill_width(longest - 1)
-        extra = sum(self._prefill_width(len(np.asarray(c).reshape(-1))) for r in requests for c in r.continuations)
+        # When bucketing the prompt's padding would crowd out the generation, prefill it unpadded
+        # (one more compiled shape) rather than refuse.
+        extra = sum(sum(self._chunk_plan(len(np.asarray(c).reshape(-1)))) for r in requests for c in r.continuations)
+        exact = sum(self._chunk_plan(longest - 1)) + extra >= self.max_context
+        prefill = sum(self._chunk_plan(longest - 1, exact))
         want = prefill + extra + max(r.max_new_tokens for r in requests)
         size = bucket(min(want, self.max_context), self.cache_sizes)
         budgets = [int(min(r.max_new_tokens, size - prefill - extra)) for r in requests]
@@ -373,16 +376,11 @@ class DecodingEngine:
             stop_state=jnp.zeros((b, tables.num_strings, tables.max_len), bool),
             keys=jax.vmap(jax.random.key)(jnp.asarray([r.seed for r in requests], jnp.uint32)), rows=rows)
         if longest > 1:
-            ds = self._extend(ds, {i: (ids[:-1], codes[:-1]) for i, (ids, codes) in enumerate(checked)}, tables)
+            ds = self._extend(ds, {i: (ids[:-1], codes[:-1]) for i, (ids, codes) in enumerate(checked)}, tables,
+                              exact)
         params = RowParams(*(SamplingArrays.stack([getattr(r.sampling, k) for r in requests])
                              for k in ("first_text", "later_text", "audio")))
         return ds, params, budgets
-
-    def _prefill_width(self, n: int) -> int:
-        if n <= 0:
-            return 0
-        full, rest = divmod(n, self.chunk)
-        return full * self.chunk + (bucket(rest, self.chunk_sizes) if rest else 0)
 
     def run(self, ds: DecodeState, protocol: il.Protocol, params: RowParams, max_steps: int = 1 << 30) -> DecodeState:
         """Decodes until a row ends an audio segment or waits, every row is done, or ``max_steps``
@@ -444,7 +442,7 @@ class DecodingEngine:
             heads = {int(r): np.concatenate([[self.cfg.tokens.audiogen_end_token_id],
                                              np.asarray(pending[r][0]).reshape(-1)[:-1]]).astype(np.int32)
                      for r in waiting if pending[r]}
-            fits = not heads or index + self._prefill_width(max(len(h) for h in heads.values())) < size
+            fits = not heads or index + sum(self._chunk_plan(max(len(h) for h in heads.values()))) < size
             for r in waiting:
                 modified = True
                 if r in heads and fits:  # the next text piece: <audiogen_end> piece..., then feed <audiogen_start>
