@@ -37,7 +37,7 @@ def variable_shardings(state: nnx.State, mesh: Mesh) -> dict:
         names = var.get_metadata().get("out_sharding")
         return NamedSharding(mesh, logical_to_mesh_spec(names, value.shape, mesh))
 
-    return nnx.State(jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))).to_pure_dict()
+    return nnx.to_pure_dict(nnx.State(jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))))
 
 
 def optimizer_shardings(abstract_opt_state: Any, abstract_params: Any, param_shardings: Any, mesh: Mesh) -> Any:

@@ -70,7 +70,7 @@ def apply_updates(params: Any, updates: Any, labels: Any) -> Any:
 def trainable_norm(tree: Any, labels: Any) -> jax.Array:
     """Global L2 norm over the trainable leaves."""
     leaves = [x for x, lab in zip(jax.tree.leaves(tree), jax.tree.leaves(labels)) if lab == TRAIN]
-    return optax.global_norm(leaves)
+    return optax.tree.norm(leaves)
 
 
 def trainable_report(params: Any, labels: Any, prefix: str, description: str) -> str:

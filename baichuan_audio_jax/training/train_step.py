@@ -116,15 +116,15 @@ def build_program(config, mesh: Mesh, task: Task | None = None, *, donate: bool 
     graphdef, abs_params, abs_rest = _split_model(nnx.eval_shape(make))
     param_sh = mesh_lib.variable_shardings(abs_params, mesh)
     rest_sh = mesh_lib.variable_shardings(abs_rest, mesh)
-    abs_params_dict = abs_params.to_pure_dict()
+    abs_params_dict = nnx.to_pure_dict(abs_params)
     rule = task.trainable(config.stage)
     labels = trainable_labels(abs_params_dict, rule, task.prefix)
     tx, schedule = make_optimizer(train_cfg, labels, int(config.steps))
 
     def init() -> TrainState:
         _, params, rest = _split_model(make())
-        params = params.to_pure_dict()
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=rest.to_pure_dict(),
+        params = nnx.to_pure_dict(params)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=nnx.to_pure_dict(rest),
                           opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(seed)))
 
     abstract = jax.eval_shape(init)
