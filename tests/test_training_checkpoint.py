@@ -23,12 +23,13 @@ def test_restore_onto_a_different_mesh(tmp_path):
     cfg_b = tiny_run_config("stage=1", "mesh.data=1", "mesh.fsdp=4", "mesh.tensor=2")
     prog_a = build_program(cfg_a, mesh_from_config(cfg_a.mesh))
     prog_b = build_program(cfg_b, mesh_from_config(cfg_b.mesh))
-    state = prog_a.init()
-    # Non-trivial optimizer moments and step, so nothing restores by coincidence.
-    key = jax.random.key(1)
-    state = state.replace(step=state.step + 7, opt_state=jax.tree.map(
-        lambda x: x + jax.random.normal(jax.random.fold_in(key, x.size), x.shape, x.dtype)
-        if jax.numpy.issubdtype(x.dtype, jax.numpy.floating) else x, state.opt_state))
+    # Random values in every leaf (parameters, moments, step, RNG), placed in mesh A's layout.
+    rng = np.random.default_rng(0)
+    state = jax.tree.map(
+        lambda a: jax.device_put(rng.standard_normal(a.shape).astype(a.dtype) if np.issubdtype(a.dtype, np.floating)
+                                 else rng.integers(0, 100, a.shape).astype(a.dtype), a.sharding),
+        prog_a.abstract_state)
+    state = state.replace(step=jax.device_put(np.int32(7), prog_a.state_shardings.step))
     saver = Checkpointer(str(tmp_path), max_to_keep=2, async_save=True)
     saver.save(7, state, {"step": 7})
     saver.close()
@@ -50,7 +51,7 @@ def test_kill_minus_9_then_rerun_resumes_exactly(tmp_path):
     """`train` killed with SIGKILL mid-run (checkpoints every 10 steps, async), then the same
     command again: it resumes from the latest complete checkpoint and every step's loss equals
     an uninterrupted run's bit for bit."""
-    steps = 120
+    steps = 60
     env = cli_env(2)
     overrides = (f"steps={steps}", "log_every=1", "checkpoint_every=10", "train.warmup_steps=5")
     ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "interrupted"

@@ -1,10 +1,13 @@
 """Shared helpers of the training tests: a tiny run config and a CLI runner."""
 from __future__ import annotations
 
+import atexit
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -28,10 +31,19 @@ def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "baichuan_audio_jax", *args]
 
 
+# One persistent XLA compilation cache for the command-line runs of a test session: the first
+# run of a program compiles it, later runs (resume after a kill, the reference run) load it.
+COMPILATION_CACHE = tempfile.mkdtemp(prefix="baichuan_audio_jax_xla_cache_")
+atexit.register(shutil.rmtree, COMPILATION_CACHE, True)
+
+
 def cli_env(devices: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BAICHUAN_")}
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""), TF_CPP_MIN_LOG_LEVEL="2")
+    # CPU code generation without the expensive LLVM passes: the same program, compiled ~2x faster.
+    xla_flags = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags,
+               PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""), TF_CPP_MIN_LOG_LEVEL="2",
+               JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     env.update(extra)
     return env
 
