@@ -72,3 +72,20 @@ def test_unknown_source_and_bad_split_are_named():
     with pytest.raises(ValueError, match="batch_size=8 is not divisible by the 3 processes"):
         build_iterator(tiny_run_config(), process_index=0, process_count=3)
     assert {"synthetic", "grain"} <= set(available())
+
+
+def test_bad_host_batches_are_named():
+    from baichuan_audio_jax.training.tasks import AUDIO_LLM, check_batch_fields
+
+    config = tiny_run_config()
+    mc = ModelConfig.from_config(config.model)
+    batch = next(build_iterator(config))
+    check_batch_fields(AUDIO_LLM, batch, 8, 32, model_cfg=mc)
+    with pytest.raises(ValueError, match="field 'positions': shape"):
+        check_batch_fields(AUDIO_LLM, {**batch, "positions": batch["positions"][:, :-1]}, 8, 32)
+    with pytest.raises(ValueError, match=r"lacks field\(s\) \['audio_weights'\]"):
+        check_batch_fields(AUDIO_LLM, {k: v for k, v in batch.items() if k != "audio_weights"}, 8, 32)
+    bad = dict(batch, input_ids=batch["input_ids"].copy())
+    bad["input_ids"][0, 0] = mc.llm.vocab_size
+    with pytest.raises(ValueError, match="batch 3: field input_ids: token id out of range"):
+        check_batch_fields(AUDIO_LLM, bad, 8, 32, where="batch 3", model_cfg=mc)

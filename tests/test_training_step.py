@@ -127,12 +127,17 @@ def test_stage1_trains_only_audio_embeddings_and_head():
 def test_losses_chunked_and_gathered_match_direct():
     """Text CE in chunks equals the one-shot CE, and the audio CE over gathered weighted
     positions equals the audio head run on every position (to 1e-5 relative, float32); a
-    per-row maximum below the weighted count drops and counts the excess."""
+    per-row maximum below the weighted count keeps the first positions and counts the excess."""
     from flax import nnx
 
     from baichuan_audio_jax.config import ModelConfig
     from baichuan_audio_jax.models.audio_llm import AudioLLM
-    from baichuan_audio_jax.training.losses import audio_llm_loss, cross_entropy, loss_denominators
+    from baichuan_audio_jax.training.losses import (
+        audio_llm_loss,
+        cross_entropy,
+        gather_audio_positions,
+        loss_denominators,
+    )
 
     config = tiny_run_config()
     model = AudioLLM(ModelConfig.from_config(config.model), rngs=nnx.Rngs(3))
@@ -150,14 +155,16 @@ def test_losses_chunked_and_gathered_match_direct():
         return text / den["text"], audio / den["audio"]
 
     text_ref, audio_ref = direct(batch)
-    fn = jax.jit(lambda b, k: audio_llm_loss(model, b, den, max_audio_positions=k, loss_chunk_size=8),
-                 static_argnums=1)
-    seq = batch["input_ids"].shape[1]
-    _, sums = fn(batch, seq)
+    fn = jax.jit(lambda b: audio_llm_loss(model, b, den, max_audio_positions=b["input_ids"].shape[1],
+                                          loss_chunk_size=8))
+    _, sums = fn(batch)
     np.testing.assert_allclose(sums["text_loss"], text_ref, rtol=1e-5)
     np.testing.assert_allclose(sums["audio_loss"], audio_ref, rtol=1e-5)
     assert float(sums["audio_positions_dropped"]) == 0
-    weighted = np.asarray(jnp.any(batch["audio_weights"] > 0, -1).sum(-1))
-    k = int(weighted.min()) - 1
-    _, small = fn(batch, k)
-    assert float(small["audio_positions_dropped"]) == float(np.sum(weighted - k))
+    # A per-row maximum below the weighted count keeps the first K positions and counts the rest.
+    weighted = np.asarray(jnp.any(batch["audio_weights"] > 0, -1))
+    k = int(weighted.sum(-1).min()) - 1
+    idx, valid, dropped = gather_audio_positions(batch["audio_weights"], k)
+    for r in range(weighted.shape[0]):
+        np.testing.assert_array_equal(np.asarray(idx[r]), np.flatnonzero(weighted[r])[:k])
+    assert np.asarray(valid).all() and int(dropped) == int(np.sum(weighted.sum(-1) - k))

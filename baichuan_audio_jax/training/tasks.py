@@ -16,7 +16,9 @@ The engine (mesh, optimizer, train step, checkpoints, metrics, loop) is generic;
   tokenizer's RVQ;
 * ``flops_per_step(model_cfg, batch_size, seq_len, train_cfg)``: model FLOPs of one optimizer
   step (forward + backward), for model FLOPs utilisation;
-* ``tokens(batch)``: tokens the step trains on (numpy, host side), for tokens/s.
+* ``tokens(batch)``: tokens the step trains on (numpy, host side), for tokens/s;
+* ``validate(batch, model_cfg)`` (optional): raises ValueError naming the field when a host
+  batch holds values the model cannot take (token ids, codes out of range).
 
 Two later tasks fit the same interface: the **audio tokenizer** (``make_model`` = encoder + VQ
 bridge + decoder; model state = EMA codebook sums/counts updated by ``update_state`` from
@@ -65,6 +67,7 @@ class Task:
     flops_per_step: Callable[..., float]
     tokens: Callable[[Mapping[str, np.ndarray]], int]
     update_state: Callable[..., Any] | None = None
+    validate: Callable[..., None] | None = None
 
     def trainable(self, stage: int | str) -> Trainable:
         s = parse_stage(stage)
@@ -150,6 +153,10 @@ def audio_llm_flops_per_step(model_cfg, batch_size: int, seq_len: int, train_cfg
     return 3.0 * fwd
 
 
+def _audio_llm_validate(batch, model_cfg) -> None:
+    batch_layout.validate_batch(batch, vocab_size=model_cfg.llm.vocab_size, codebook_sizes=model_cfg.codebook_sizes)
+
+
 def _audio_llm_tokens(batch) -> int:
     return int(np.count_nonzero(batch["segment_ids"]))
 
@@ -172,6 +179,7 @@ AUDIO_LLM = register(Task(
     },
     flops_per_step=audio_llm_flops_per_step,
     tokens=_audio_llm_tokens,
+    validate=_audio_llm_validate,
 ))
 
 
@@ -191,8 +199,9 @@ def path_tree(tree: Any, prefix: str) -> Any:
 
 
 def check_batch_fields(task: Task, batch: Mapping[str, np.ndarray], rows: int, seq_len: int,
-                       where: str = "batch") -> None:
-    """Raises ValueError naming the field when a host batch does not match the task's layout."""
+                       where: str = "batch", model_cfg=None) -> None:
+    """Raises ValueError naming the field when a host batch does not match the task's layout
+    (and, given ``model_cfg``, the task's value checks)."""
     missing = [k for k in task.batch_fields if k not in batch]
     if missing:
         raise ValueError(f"{where} lacks field(s) {missing} required by task {task.name!r}")
@@ -203,3 +212,8 @@ def check_batch_fields(task: Task, batch: Mapping[str, np.ndarray], rows: int, s
             raise ValueError(f"{where} field {k!r}: shape {got}, expected {want}")
         if np.asarray(batch[k]).dtype != np.dtype(dtype):
             raise ValueError(f"{where} field {k!r}: dtype {np.asarray(batch[k]).dtype}, expected {np.dtype(dtype)}")
+    if model_cfg is not None and task.validate is not None:
+        try:
+            task.validate(batch, model_cfg)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from e

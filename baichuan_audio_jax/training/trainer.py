@@ -70,7 +70,8 @@ def train(config, workdir: str, *, progress: bool = True, log=print) -> dict[str
         for step in range(start + 1, total + 1):
             host = next(iterator)
             check_batch_fields(program.task, host, local_rows, program.seq_len,
-                               where=f"data.source={config.data.source!r} batch")
+                               where=f"data.source={config.data.source!r} batch {step}",
+                               model_cfg=program.model_cfg)
             batch = distributed.global_batch(host, program.batch_shardings, rows)
             state, metrics = program.step(state, batch)
             window_steps += 1
