@@ -26,8 +26,28 @@ test: install
 parity: install
 	$(PY) -m baichuan_audio_jax parity --fixtures ../shared/parity
 
+# `make plan CONFIG=configs/baichuan_audio_7b.py TOPOLOGY=v5p:4x4x4`: AOT-compile the train step
+# for a TPU slice from this machine. libtpu lives in its own environment (.venv-tpu, `tpu` extra).
+CONFIG ?= configs/baichuan_audio_7b.py
+TOPOLOGY ?= v5p:4x4x4
+PLAN_ARGS ?=
+TPU_VENV ?= .venv-tpu
+TPU_STAMP := $(TPU_VENV)/.installed-tpu
+
+$(TPU_STAMP): setup.py
+	@test -x $(TPU_VENV)/bin/python || $(PYTHON) -m venv $(TPU_VENV)
+	$(TPU_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TPU_VENV)/bin/python -m pip install --quiet -e ".[tpu]"
+	@touch $(TPU_STAMP)
+
+plan: $(TPU_STAMP)
+	$(TPU_VENV)/bin/python -m baichuan_audio_jax plan --config $(CONFIG) --topology $(TOPOLOGY) $(PLAN_ARGS)
+
+bench: install
+	$(PY) benchmarks/train_step.py
+
 lint: install
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) $(TPU_VENV) demo_out .pytest_cache

@@ -669,11 +669,39 @@ def split_config_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def default_run_config() -> ml_collections.ConfigDict:
-    """Non-model sections shared by every config (training, mesh, data, checkpointing)."""
+    """Non-model sections shared by every config (training, mesh, data, checkpointing).
+
+    Top level: ``task`` (what ``train`` trains, see ``baichuan_audio_jax.training.tasks``),
+    ``seed``, ``steps`` (total optimizer steps), ``log_every``, ``checkpoint_every`` and
+    ``stage`` (0 = train everything; 1 = audio embeddings + audio head only; 2 = everything but
+    the text embedding and LM head; paper §3.3).
+
+    * ``mesh``: device mesh sizes ``data`` × ``fsdp`` × ``tensor`` (one may be -1: fills).
+    * ``data``: ``source`` (a registered data source: ``synthetic``, ``grain``), ``batch_size``
+      (GLOBAL rows per optimizer step), ``seq_len``, ``seed``; sources add their own fields.
+    * ``train``: AdamW + warmup/cosine schedule, clipping, gradient accumulation, loss options and
+      the peak FLOP/s per device that model FLOPs utilisation is measured against.
+    * ``checkpoint``: how many checkpoints to keep and whether saving is asynchronous.
+    """
     cfg = ml_collections.ConfigDict()
+    cfg.task = "audio_llm"
     cfg.seed = 0
+    cfg.steps = 1000
+    cfg.log_every = 10
+    cfg.checkpoint_every = 500
+    cfg.stage = 0
     cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     cfg.data = default_data_config()
+    cfg.train = ml_collections.ConfigDict(dict(
+        learning_rate=3e-4, min_learning_rate=3e-5, warmup_steps=100, decay_steps=0,  # 0: `steps`
+        b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, max_grad_norm=1.0,
+        grad_accum_steps=1,  # microbatches per optimizer step (the global batch is split)
+        audio_loss_weight=1.0,  # loss = text CE + audio_loss_weight * audio CE
+        max_audio_positions=0,  # audio-head positions evaluated per row (0: seq_len)
+        loss_chunk_size=0,  # positions per chunk of the vocabulary CE (0: one chunk)
+        peak_flops_per_device=0.0,  # for model FLOPs utilisation (0: not reported)
+    ))
+    cfg.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3, async_save=True))
     return cfg
 
 
@@ -699,4 +727,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         prefetch=128,
         worker_count=0,  # > 0: grain worker processes
         max_consecutive_skips=10_000,
+        # synthetic source: packed segments per row and the share of audio frames in a segment
+        segments_per_row=2,
+        audio_fraction=0.5,
     ))

@@ -30,4 +30,13 @@ def get_config() -> ml_collections.ConfigDict:
         vocoder=dict(base_channels=32, f0_cond_channels=32),
         tokens=tokens,
     )
+    # A run that trains in minutes on a CPU (synthetic data unless data.source says otherwise).
+    cfg.steps = 200
+    cfg.log_every = 10
+    cfg.checkpoint_every = 100
+    cfg.data.batch_size = 8
+    cfg.data.seq_len = 128
+    cfg.train.learning_rate = 1e-3
+    cfg.train.min_learning_rate = 1e-4
+    cfg.train.warmup_steps = 10
     return cfg

@@ -48,6 +48,10 @@ def conv_transpose1d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, paddin
 
 
 class Conv1d(nnx.Module):
+    """PyTorch ``nn.Conv1d`` on channels-last input, kernel ``[k, in, out]``."""
+
+    op = staticmethod(conv1d)
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
                  padding: int | Sequence[int] = 0, dilation: int = 1, use_bias: bool = True,
                  axes: Sequence[str | None] = ("conv_kernel", "conv_in", "conv_out"),
@@ -59,27 +63,15 @@ class Conv1d(nnx.Module):
         self.bias = param(rngs, zeros, (out_channels,), (axes[-1],), param_dtype) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = conv1d(x.astype(self.dtype), self.kernel[...].astype(self.dtype), stride=self.stride,
-                   padding=self.padding, dilation=self.dilation)
+        y = self.op(x.astype(self.dtype), self.kernel[...].astype(self.dtype), stride=self.stride,
+                    padding=self.padding, dilation=self.dilation)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
 
 
-class ConvTranspose1d(nnx.Module):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
-                 padding: int = 0, dilation: int = 1, use_bias: bool = True,
-                 axes: Sequence[str | None] = ("conv_kernel", "conv_in", "conv_out"),
-                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        self.stride, self.padding, self.dilation = stride, padding, dilation
-        self.dtype = dtype
-        self.kernel = param(rngs, fan_in_normal(in_axis=(0, 1)), (kernel_size, in_channels, out_channels),
-                            tuple(axes), param_dtype)
-        self.bias = param(rngs, zeros, (out_channels,), (axes[-1],), param_dtype) if use_bias else None
+class ConvTranspose1d(Conv1d):
+    """PyTorch ``nn.ConvTranspose1d`` on channels-last input, kernel ``[k, in, out]`` (the mapping
+    tables turn PyTorch's ``[in, out, k]`` into this); ``padding`` is a single int as in PyTorch."""
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        y = conv_transpose1d(x.astype(self.dtype), self.kernel[...].astype(self.dtype), stride=self.stride,
-                             padding=self.padding, dilation=self.dilation)
-        if self.bias is not None:
-            y = y + self.bias[...].astype(self.dtype)
-        return y
+    op = staticmethod(conv_transpose1d)

@@ -1,0 +1,183 @@
+"""The compiled training program: state initialisation and the sharded train step.
+
+:func:`build_program` derives everything from the config and a mesh:
+
+* the model's graph definition and abstract state (``nnx.eval_shape``: nothing is allocated);
+* parameter / model-state / optimizer-state shardings from the logical-axis rules, batch
+  shardings over (data, fsdp);
+* ``init()``: the train state created directly in its shardings (one XLA program);
+* ``step(state, batch) -> (state, metrics)``: a pure function of the state pytree under
+  ``jax.jit`` with in/out shardings and the state donated (this is pjit).
+
+Mixed precision: parameters are stored in ``model.param_dtype`` (float32 master weights) and
+cast to ``model.dtype`` (e.g. bfloat16) inside each layer; gradients, optimizer moments and
+updates stay in the parameter dtype. Rematerialisation follows ``model.remat_policy``.
+
+Gradient accumulation (``train.grad_accum_steps`` = A): the global batch is split into A
+microbatches — microbatch j takes rows j, j+A, j+2A, …, so every device holds an equal share of
+each — and a ``lax.scan`` sums their gradients before one optimizer update. Loss normalisers
+are computed over the whole global batch first, so the result equals the unsplit step.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh
+
+from baichuan_audio_jax.config import ModelConfig
+from baichuan_audio_jax.sharding import constrain
+from baichuan_audio_jax.training import mesh as mesh_lib
+from baichuan_audio_jax.training.optimizer import (
+    apply_updates,
+    make_optimizer,
+    trainable_labels,
+    trainable_norm,
+    trainable_report,
+)
+from baichuan_audio_jax.training.tasks import Task, get_task, parse_stage
+from baichuan_audio_jax.training.train_state import TrainState
+
+
+@dataclasses.dataclass
+class TrainProgram:
+    config: Any
+    task: Task
+    model_cfg: ModelConfig
+    mesh: Mesh
+    graphdef: Any
+    labels: Any
+    tx: Any
+    schedule: Callable
+    abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
+    state_shardings: TrainState
+    batch_shardings: dict
+    init: Callable[[], TrainState]
+    step: Callable[[TrainState, dict], tuple[TrainState, dict]]
+    flops_per_step: float
+    trainable_description: str
+
+    @property
+    def rows(self) -> int:
+        return int(self.config.data.batch_size)
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.config.data.seq_len)
+
+    def report(self) -> str:
+        return trainable_report(self.abstract_state.params, self.labels, self.task.prefix,
+                                self.trainable_description)
+
+    def abstract_batch(self) -> dict:
+        """ShapeDtypeStructs of a global batch with its shardings (for AOT lowering)."""
+        return {k: jax.ShapeDtypeStruct((self.rows, self.seq_len, *suffix), jnp.dtype(dtype),
+                                        sharding=self.batch_shardings[k])
+                for k, (dtype, suffix) in self.task.batch_fields.items()}
+
+
+class InMesh:
+    """A jitted function traced, lowered and run with ``mesh`` as the current mesh, so the
+    models' logical sharding constraints (:func:`baichuan_audio_jax.sharding.constrain`) apply."""
+
+    def __init__(self, fn, mesh: Mesh):
+        self.fn, self.mesh = fn, mesh
+
+    def __call__(self, *args):
+        with jax.set_mesh(self.mesh):
+            return self.fn(*args)
+
+    def lower(self, *args):
+        with jax.set_mesh(self.mesh):
+            return self.fn.lower(*args)
+
+
+def _split_model(model: nnx.Module) -> tuple[Any, dict, dict]:
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return graphdef, params, rest
+
+
+def build_program(config, mesh: Mesh, task: Task | None = None, *, donate: bool = True) -> TrainProgram:
+    """The program of ``config`` on ``mesh``. Call it outside a mesh context (the abstract model
+    is built from logical names, which a mesh context would try to resolve)."""
+    task = task or get_task(str(config.task))
+    model_cfg = ModelConfig.from_config(config.model)
+    train_cfg = config.train
+    seed = int(config.seed)
+    rows, seq_len = int(config.data.batch_size), int(config.data.seq_len)
+    accum = int(train_cfg.grad_accum_steps)
+    if accum < 1 or rows % accum:
+        raise ValueError(f"train.grad_accum_steps={accum} must be >= 1 and divide data.batch_size={rows}")
+
+    make = lambda: task.make_model(model_cfg, nnx.Rngs(seed))
+    graphdef, abs_params, abs_rest = _split_model(nnx.eval_shape(make))
+    param_sh = mesh_lib.variable_shardings(abs_params, mesh)
+    rest_sh = mesh_lib.variable_shardings(abs_rest, mesh)
+    abs_params_dict = nnx.to_pure_dict(abs_params)
+    rule = task.trainable(config.stage)
+    labels = trainable_labels(abs_params_dict, rule, task.prefix)
+    tx, schedule = make_optimizer(train_cfg, labels, int(config.steps))
+
+    def init() -> TrainState:
+        _, params, rest = _split_model(make())
+        params = nnx.to_pure_dict(params)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=nnx.to_pure_dict(rest),
+                          opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(seed)))
+
+    abstract = jax.eval_shape(init)
+    rep = mesh_lib.replicated(mesh)
+    opt_sh = mesh_lib.optimizer_shardings(abstract.opt_state, abstract.params, param_sh, mesh)
+    state_sh = TrainState(step=rep, params=param_sh, model_state=rest_sh, opt_state=opt_sh, rng=rep)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
+    batch_sh = mesh_lib.batch_shardings(mesh, task.batch_fields, rows, seq_len)
+
+    def loss_of(params, model_state, microbatch, denominators, rng):
+        model = nnx.merge(graphdef, params, model_state)
+        return task.loss(model, microbatch, denominators, rng, train_cfg)
+
+    grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        denominators = task.denominators(batch)
+        rng = state.step_key()
+        if accum == 1:
+            (loss, sums), grads = grad_fn(state.params, state.model_state, batch, denominators, rng)
+        else:
+            def split(x):  # [B, ...] -> [A, B/A, ...], microbatch j = rows j, j+A, ...
+                return jnp.swapaxes(x.reshape(rows // accum, accum, *x.shape[1:]), 0, 1)
+            micro = jax.tree.map(split, batch)
+
+            def body(carry, xs):
+                j, mb = xs
+                mb = {k: constrain(v, mesh_lib.BATCH_AXES + (None,) * (v.ndim - 2)) for k, v in mb.items()}
+                (mb_loss, mb_sums), g = grad_fn(state.params, state.model_state, mb, denominators,
+                                                jax.random.fold_in(rng, j))
+                return jax.tree.map(jnp.add, carry, (mb_loss, mb_sums, g)), None
+
+            zero = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                                jax.eval_shape(grad_fn, state.params, state.model_state,
+                                               jax.tree.map(lambda x: x[0], micro), denominators, rng))
+            (loss, sums, grads), _ = jax.lax.scan(body, (zero[0][0], zero[0][1], zero[1]),
+                                                  (jnp.arange(accum), micro))
+        grad_norm = trainable_norm(grads, labels)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = apply_updates(state.params, updates, labels)
+        model_state = state.model_state
+        if task.update_state is not None:
+            model_state = task.update_state(model_state, params, batch, sums)
+        new = state.replace(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step), **sums}
+        return new, metrics
+
+    init_jit = InMesh(jax.jit(init, out_shardings=state_sh), mesh)
+    step_jit = InMesh(jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep),
+                              donate_argnums=(0,) if donate else ()), mesh)
+    return TrainProgram(
+        config=config, task=task, model_cfg=model_cfg, mesh=mesh, graphdef=graphdef, labels=labels, tx=tx,
+        schedule=schedule, abstract_state=abstract, state_shardings=state_sh, batch_shardings=batch_sh,
+        init=init_jit, step=step_jit,
+        flops_per_step=float(task.flops_per_step(model_cfg, rows, seq_len, train_cfg)),
+        trainable_description=f"stage {parse_stage(config.stage)}: {rule.description}")

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Run `baichuan-audio train` as several JAX processes on this machine (multi-host rehearsal on
+# CPU, or one process per GPU).
+#
+#   NUM_PROCESSES=2 DEVICES_PER_PROCESS=2 launch/local_multiprocess.sh \
+#       --config configs/tiny.py --workdir runs/local [--config.k=v ...]
+#
+# Reads:   NUM_PROCESSES (2), DEVICES_PER_PROCESS (2, fake CPU devices per process),
+#          PLATFORM (cpu; `gpu` gives process i the GPU i via CUDA_VISIBLE_DEVICES),
+#          PORT (a free port on 127.0.0.1 by default), PYTHON (.venv/bin/python or python3),
+#          LOG_DIR (runs/local-logs).
+# Sets for process i: BAICHUAN_COORDINATOR=127.0.0.1:$PORT, BAICHUAN_NUM_PROCESSES,
+#          BAICHUAN_PROCESS_ID=i, and JAX_PLATFORMS=cpu + XLA_FLAGS device count (cpu) or
+#          CUDA_VISIBLE_DEVICES=i (gpu).
+# Output:  process i logs to $LOG_DIR/process_i.log; process 0's log is also echoed. Exit status
+#          is non-zero if any process fails (the others are then stopped).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NUM_PROCESSES=${NUM_PROCESSES:-2}
+DEVICES_PER_PROCESS=${DEVICES_PER_PROCESS:-2}
+PLATFORM=${PLATFORM:-cpu}
+LOG_DIR=${LOG_DIR:-runs/local-logs}
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+if [[ -z "${PORT:-}" ]]; then
+  PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+fi
+if [[ $# -eq 0 ]]; then
+  echo "usage: $0 --config CONFIG --workdir DIR [--config.k=v ...]" >&2
+  exit 2
+fi
+mkdir -p "$LOG_DIR"
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup INT TERM
+
+for ((i = 0; i < NUM_PROCESSES; i++)); do
+  (
+    export BAICHUAN_COORDINATOR="127.0.0.1:${PORT}" BAICHUAN_NUM_PROCESSES="$NUM_PROCESSES" BAICHUAN_PROCESS_ID="$i"
+    if [[ "$PLATFORM" == cpu ]]; then
+      export JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS}"
+    else
+      export CUDA_VISIBLE_DEVICES="$i"
+    fi
+    exec "$PYTHON" -m baichuan_audio_jax train --no-progress "$@"
+  ) > "$LOG_DIR/process_${i}.log" 2>&1 &
+  pids+=($!)
+done
+echo "started $NUM_PROCESSES processes (coordinator 127.0.0.1:${PORT}); logs in $LOG_DIR"
+
+status=0
+for i in "${!pids[@]}"; do
+  if ! wait "${pids[$i]}"; then
+    echo "process $i failed; see $LOG_DIR/process_${i}.log" >&2
+    status=1
+    cleanup
+  fi
+done
+cat "$LOG_DIR/process_0.log"
+exit $status
