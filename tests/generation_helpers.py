@@ -10,12 +10,10 @@ import functools
 import numpy as np
 from flax import nnx
 
-from baichuan_audio_jax.config import ModelConfig, load_config
+from baichuan_audio_jax.config import ModelConfig
 from baichuan_audio_jax.conversion.loading import load_model
 from baichuan_audio_jax.conversion.mapping import combine_tables
 from baichuan_audio_jax.conversion.tables import audio_embed_table, audio_head_table, llm_table
-
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 def synthetic_token_strings(vocab: int) -> list[str]:
@@ -53,17 +51,28 @@ def fixture_config(parity_dir: str) -> ModelConfig:
     return FixtureSet(parity_dir).model_config
 
 
-def tiny_config_with_fixture_dims(parity_dir: str) -> ModelConfig:
-    """``configs/tiny.py`` (role tokens inside the vocabulary); its shapes must equal the fixture
-    set's for the reference weights to load."""
-    cfg = ModelConfig.from_config(load_config(REPO / "configs" / "tiny.py").model)
-    fx = fixture_config(parity_dir)
-    same = dataclasses.replace(fx, tokens=cfg.tokens)
-    if same != cfg:
+def chat_config(parity_dir: str) -> ModelConfig:
+    """The fixture set's model with every special id inside its vocabulary, so chats can be built.
+
+    The fixture config keeps the real ids of the role prefixes (<C_Q>, <C_A>, ...), which a small
+    vocabulary cannot hold; the manifest's ``special_tokens.offset_from_real_id`` (the shift its
+    audio ids got) places them the same way. The vocoder is the fixture's ``hift_vocoder``."""
+    from baichuan_audio_jax.config import REAL_TOKEN_IDS, vocoder_config_from_reference
+    from baichuan_audio_jax.parity.fixtures import FixtureSet
+
+    fs = FixtureSet(parity_dir)
+    fx = fs.model_config
+    offset = fs.manifest.get("special_tokens", {}).get("offset_from_real_id")
+    if offset is None:
         import pytest
 
-        pytest.skip("configs/tiny.py differs from this fixture set's model beyond special token ids")
-    return cfg
+        pytest.skip("the fixture manifest gives no special_tokens.offset_from_real_id")
+    vocab = fx.llm.vocab_size
+    moved = {k: v + offset for k, v in REAL_TOKEN_IDS.items()
+             if getattr(fx.tokens, k) >= vocab and 0 <= v + offset < vocab}
+    tokens = dataclasses.replace(fx.tokens, **moved)
+    vocoder = vocoder_config_from_reference(fs.component("hift_vocoder").spec["config"])
+    return dataclasses.replace(fx, tokens=tokens, vocoder=vocoder)
 
 
 @functools.lru_cache(maxsize=None)

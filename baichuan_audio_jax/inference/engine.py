@@ -368,8 +368,7 @@ class DecodingEngine:
             b, phase=np.asarray([il.TEXT if r.start == "text" else il.AUDIO for r in requests], np.int32),
             feed_id=np.asarray([ids[-1] for ids, _ in checked], np.int32),
             feed_codes=np.stack([codes[-1] for _, codes in checked]), budget=np.asarray(budgets, np.int32),
-            max_frames=bucket(protocol.audio_max_frames, FRAME_BUFFERS) if protocol.speech else FRAME_BUFFERS[0],
-            max_text=size)
+            max_frames=bucket(protocol.audio_max_frames, FRAME_BUFFERS), max_text=size)
         ds = DecodeState(
             cache=cache, ids=jnp.zeros((b, size), jnp.int32), valid=jnp.zeros((b, size), bool),
             index=jnp.zeros((), jnp.int32), position=jnp.zeros((b,), jnp.int32),

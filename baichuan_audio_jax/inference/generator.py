@@ -266,10 +266,12 @@ class Generator:
             raise TypeError(f"unknown option(s) {sorted(unknown)}")
         sampling = mode.sampling.replace(**{k: options.get(k) for k in _SAMPLING_OPTIONS})
         protocol = mode.protocol
-        if mode.speech_output:
-            if self.speech is None or self.speech.vocoder is None:
-                raise ValueError(f"mode {mode.name} speaks: the generator needs the flow-matching decoder and vocoder")
-            limit = self.speech.tokenizer.max_tokens  # the audio decoder's longest segment
+        if mode.speech_output and (self.speech is None or self.speech.vocoder is None):
+            raise ValueError(f"mode {mode.name} speaks: the generator needs the flow-matching decoder and vocoder")
+        if self.speech is not None:
+            # Segments no longer than the audio decoder takes; the same frame limit in every mode
+            # also lets every mode share one compiled decoding loop.
+            limit = self.speech.tokenizer.max_tokens
             protocol = dataclasses.replace(protocol, audio_max_frames=min(protocol.audio_max_frames, limit))
         max_new = options.get("max_new_tokens")
         max_new = mode.max_new_tokens if max_new is None else int(max_new)
