@@ -137,3 +137,21 @@ def test_one_compiled_loop_serves_every_protocol(engine):
                                  max_new_tokens=30)], protocol)
     assert {c for c in engine.compiled if c[0] == "run"} == {("run", 1, 128, 16)}
     assert _run_jit._cache_size() - before <= 1
+
+
+def test_decoding_on_a_device_mesh_matches_one_device(engine):
+    """Parameters and the KV cache sharded over data × fsdp × tensor (8 CPU devices): the same
+    choices as on one device (greedy; sharded reductions differ only at float32 rounding)."""
+    import jax
+
+    from baichuan_audio_jax.sharding import make_mesh
+
+    assert len(jax.devices()) >= 8, "conftest provides 8 CPU devices"
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    sharded = DecodingEngine(nnx.merge(engine.graphdef, engine.state), token_strings=engine.token_strings, mesh=mesh)
+    specs = {str(x.sharding.spec) for x in jax.tree.leaves(sharded.state)}
+    assert any("tensor" in s for s in specs) and any("fsdp" in s for s in specs)
+    requests = [Request(np.asarray([11, 43, 88, 120, 301]), sampling=GREEDY, max_new_tokens=40),
+                Request(np.asarray([7, 8, 9]), sampling=GREEDY, max_new_tokens=30)]
+    for a, b in zip(sharded.generate(requests, SPEECH), engine.generate(requests, SPEECH)):
+        assert same(a, b)

@@ -22,6 +22,7 @@ does not depend on the rows it is batched with.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Callable, NamedTuple, Sequence
@@ -30,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
 
 from baichuan_audio_jax.inference import interleave as il
 from baichuan_audio_jax.inference.audio_frame import audio_frame
@@ -38,6 +40,7 @@ from baichuan_audio_jax.inference.stop_strings import StopTables, advance, build
 from baichuan_audio_jax.layers.attention import KVCache
 from baichuan_audio_jax.models.audio_head import NUM_CODEBOOKS
 from baichuan_audio_jax.models.audio_llm import AudioLLM
+from baichuan_audio_jax.sharding import logical_to_mesh_spec, state_shardings
 
 # ----------------------------------------------------------------------------- requests and results
 
@@ -127,6 +130,8 @@ def bucket(n: int, sizes: Sequence[int]) -> int:
     raise ValueError(f"length {n} exceeds the largest bucket {sizes[-1]}")
 
 
+# Logical axes of the stacked KV cache [L, B, S, KV, D].
+CACHE_AXES = ("layers", "activation_batch", "activation_length", "activation_kv_heads", None)
 # Capacities of the per-segment frame buffer (≥ the protocol's frame limit).
 FRAME_BUFFERS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -234,14 +239,21 @@ class DecodingEngine:
     """Batched generation with an :class:`AudioLLM` (see the module docstring).
 
     ``token_strings``: the text of every token id, or a function giving it (for stop strings;
-    only needed by protocols with stop strings). ``max_context``: the longest sequence (prompt + generation) a row may
-    reach (default ``llm.max_position_embeddings``). ``chunk``: the longest prefill chunk.
+    only needed by protocols with stop strings). ``max_context``: the longest sequence (prompt +
+    generation) a row may reach (default ``llm.max_position_embeddings``). ``chunk``: the longest
+    prefill chunk. ``mesh``: decode on a device mesh — parameters and the KV cache are laid out
+    by the logical-axis rules (rows over ``data``/``fsdp``, KV heads over ``tensor``) and the
+    model's activation constraints apply.
     """
 
     def __init__(self, llm: AudioLLM, *, token_strings: Sequence[str] | Callable[[], Sequence[str]] | None = None,
-                 max_context: int | None = None, chunk: int = 512, min_cache: int = 128, min_chunk: int = 16):
+                 max_context: int | None = None, chunk: int = 512, min_cache: int = 128, min_chunk: int = 16,
+                 mesh: Mesh | None = None):
         self.cfg = llm.cfg
         self.graphdef, self.state = nnx.split(llm)
+        self.mesh = mesh
+        if mesh is not None:  # parameters laid out by their logical axes (sharding.py)
+            self.state = jax.device_put(self.state, state_shardings(self.state, mesh))
         self.max_context = int(max_context or self.cfg.llm.max_position_embeddings)
         self.chunk = int(chunk)
         self.cache_sizes = ladder(min(min_cache, self.max_context), self.max_context)
@@ -251,6 +263,14 @@ class DecodingEngine:
         self.compiled: set[tuple] = set()
 
     # ------------------------------------------------------------------ helpers
+
+    def _mesh_context(self):
+        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+
+    def _place(self, x: jax.Array, names: tuple) -> jax.Array:
+        if self.mesh is None:
+            return x
+        return jax.device_put(x, NamedSharding(self.mesh, logical_to_mesh_spec(names, x.shape, self.mesh)))
 
     @property
     def token_strings(self) -> list[str] | None:
@@ -330,8 +350,9 @@ class DecodingEngine:
         for n in pieces:
             sl = slice(start, start + n)
             self.compiled.add(("extend", b, n, ds.ids.shape[1]))
-            ds = _extend_jit(self.graphdef, self.state, ds, jnp.asarray(ids[:, sl]), jnp.asarray(codes[:, sl]),
-                             jnp.asarray(mask[:, sl]), tables)
+            with self._mesh_context():
+                ds = _extend_jit(self.graphdef, self.state, ds, jnp.asarray(ids[:, sl]), jnp.asarray(codes[:, sl]),
+                                 jnp.asarray(mask[:, sl]), tables)
             start += n
         return ds
 
@@ -361,8 +382,8 @@ class DecodingEngine:
             raise ValueError(f"prompt of {longest} tokens (+{extra} for later text pieces) leaves no room to generate "
                              f"in the model's context of {self.max_context} tokens")
         c = self.cfg.llm
-        cache = KVCache(*(jnp.zeros((c.num_layers, b, size, c.num_kv_heads, c.head_dim), self.cfg.dtype)
-                          for _ in range(2)))
+        cache = KVCache(*(self._place(jnp.zeros((c.num_layers, b, size, c.num_kv_heads, c.head_dim), self.cfg.dtype),
+                                      CACHE_AXES) for _ in range(2)))
         tables, _ = self.stop_tables(protocol)
         rows = il.initial_rows(
             b, phase=np.asarray([il.TEXT if r.start == "text" else il.AUDIO for r in requests], np.int32),
@@ -386,14 +407,16 @@ class DecodingEngine:
         steps have run."""
         tables, masks = self.stop_tables(protocol)
         self.compiled.add(("run",) + self._shapes(ds))
-        return _run_jit(self.graphdef, self.state, protocol.arrays(), ds, params, tables, masks,
-                        np.asarray(max_steps, np.int32))
+        with self._mesh_context():
+            return _run_jit(self.graphdef, self.state, protocol.arrays(), ds, params, tables, masks,
+                            np.asarray(max_steps, np.int32))
 
     def step(self, ds: DecodeState, protocol: il.Protocol, params: RowParams) -> tuple[DecodeState, StepOutputs]:
         """One decoding step (the loop body on its own, for inspection)."""
         tables, masks = self.stop_tables(protocol)
         self.compiled.add(("step",) + self._shapes(ds))
-        return _step_jit(self.graphdef, self.state, protocol.arrays(), ds, params, tables, masks)
+        with self._mesh_context():
+            return _step_jit(self.graphdef, self.state, protocol.arrays(), ds, params, tables, masks)
 
     @staticmethod
     def _shapes(ds: DecodeState) -> tuple[int, int, int]:
