@@ -195,7 +195,9 @@ def merge_info(kept: Mapping[str, Any] | None, new: Mapping[str, Any], checkpoin
         return component in COMPONENTS and COMPONENTS[component].checkpoint != checkpoint
 
     out = dict(kept)
-    out["components"] = [c for c in kept.get("components", []) if other(c)] + list(new["components"])
+    order = list(COMPONENTS)
+    out["components"] = sorted([c for c in kept.get("components", []) if other(c)] + list(new["components"]),
+                               key=lambda c: order.index(c) if c in order else len(order))
     for field in ("checkpoints", "reference_dtypes"):
         out[field] = {**{k: v for k, v in kept.get(field, {}).items() if k != checkpoint}, **new.get(field, {})}
     out["reference_layout"] = {**{c: v for c, v in kept.get("reference_layout", {}).items() if other(c)},

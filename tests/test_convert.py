@@ -292,7 +292,7 @@ def test_vocoder_added_to_a_model_bundle_and_exported(converted, parity_dir, tmp
     args += ["--output", str(bundle), "--config.model.vocoder.base_channels=32",
              "--config.model.vocoder.f0_cond_channels=32"]
     assert main(args) == 0
-    assert "added to the existing bundle (kept: model)" in capsys.readouterr().out
+    assert "written into the existing bundle, keeping its model checkpoint" in capsys.readouterr().out
     assert os.stat(some_file).st_ino == inode and sorted(os.listdir(tmp_path)) == ["bundle"]
     info = read_bundle_info(bundle)
     assert info["components"] == ["llm", "audio_tokenizer", "flow_matching", "vocoder"]
@@ -330,6 +330,23 @@ def test_vocoder_naming_and_wrapper_prefix_are_kept(vocoder_bundle, tmp_path):
     for k, new in rename.items():
         assert back.get(new).tobytes() == src.get(k).tobytes(), k
     assert load_bundle(bundle).model is None
+
+
+def test_model_added_to_a_vocoder_bundle(vocoder_bundle, parity_dir, tmp_path):
+    """The other direction: a model checkpoint written into a vocoder-only bundle keeps the
+    vocoder (its files hard-linked, its naming record kept)."""
+    bundle = tmp_path / "b"
+    shutil.copytree(vocoder_bundle[2], bundle)
+    some_file = next(os.path.join(d, f) for d, _, fs in os.walk(bundle / "vocoder") for f in fs)
+    inode = os.stat(some_file).st_ino
+    torch_to_bundle(ReferenceCheckpoint(_files(parity_dir, LLM_FILES)), str(bundle), load_config(TINY).model,
+                    components=["llm"])
+    info = read_bundle_info(bundle)
+    assert info["components"] == ["llm", "vocoder"] and set(info["checkpoints"]) == {"model", "vocoder"}
+    assert info["reference_layout"] == {"vocoder": {"weight_norm": "parametrizations"}}
+    assert os.stat(some_file).st_ino == inode
+    loaded = load_bundle(bundle)
+    assert loaded.model.component_names == ("llm",) and loaded.vocoder is not None
 
 
 def test_dry_run_on_the_real_7b_layout(parity_dir, capsys):

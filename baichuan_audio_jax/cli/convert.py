@@ -84,7 +84,7 @@ def _model_config(args, fallback_reference=None, where: str = ""):
     cfg = default_run_config()
     if getattr(args, "output", None) and args.src_format == "torch" and is_bundle(args.output):
         cfg.model = bundle_model_config(args.output)
-        where = f"{args.output} (the bundle being added to)"
+        where = f"{args.output} (the existing bundle written into)"
     elif fallback_reference is not None:
         cfg.model = model_config_from_reference(fallback_reference)
     elif args.component == "vocoder":

@@ -151,11 +151,6 @@ class Coverage:
     def has_problems(self) -> bool:
         return bool(self.missing or self.unknown or self.mismatched or self.bad_dtypes)
 
-    @property
-    def complete(self) -> bool:
-        """Every key mapped (none skipped by a component selection)."""
-        return not self.has_problems and not self.skipped
-
     def lines(self, limit: int = 40) -> list[str]:
         out = [f"{self.checkpoint} checkpoint ({self.source}): {self.num_keys} keys"]
         for c in self.components:
@@ -388,7 +383,7 @@ def torch_to_bundle(source: ReferenceCheckpoint, output: str, model_config, *, c
             f"{n} ({len(k)} tensors)" for n, k in cov.skipped.items()))
     if kept is not None:
         others = [k for k in kept["checkpoints"] if k != checkpoint]
-        notes.append(f"added to the existing bundle (kept: {', '.join(others)})")
+        notes.append(f"written into the existing bundle, keeping its {' and '.join(others)} checkpoint")
     with staged_bundle(output, checkpoint, kept, overwrite=overwrite) as staging:
         extras_writer = None
         if extras:

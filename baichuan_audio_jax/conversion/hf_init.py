@@ -261,8 +261,8 @@ def init_from_hf(sources: Mapping[str, str | os.PathLike], output: str, model_co
     """Builds a full-model bundle from Hugging Face checkpoints (``{"qwen2": DIR, "whisper": DIR}``).
 
     Parameters the sources provide keep their checkpoint dtype (or ``dtype``); fresh ones get the
-    config's ``param_dtype`` (or ``dtype``). Tokenizer files are taken from ``tokenizer`` or from
-    the first source directory that has them.
+    config's ``param_dtype`` (or ``dtype``). Text tokenizer files are taken from ``tokenizer`` or
+    from the Qwen2 source directory, if it has them.
     """
     cfg = ModelConfig.from_config(model_config)
     unknown = [n for n in sources if n not in INIT_SOURCES]
@@ -322,7 +322,11 @@ def init_from_hf(sources: Mapping[str, str | os.PathLike], output: str, model_co
                       produce, max_inflight_bytes=max_inflight_bytes)
         finally:
             seconds = prog.close()
-        tok = bundle_tokenizer(staging, tokenizer, [d for v, _ in plans for d in v.directories])
+        # Text tokenizer files only from the text model's source (a Whisper directory may hold
+        # Whisper's own tokenizer, which is not the LLM's).
+        text_dirs = [d for name, (v, _) in zip(sources, plans) if INIT_SOURCES[name].component == "llm"
+                     for d in v.directories]
+        tok = bundle_tokenizer(staging, tokenizer, text_dirs)
         info = make_info(
             components=[c.name for c in components_of("model")],
             checkpoints={"model": {"directory": CHECKPOINT_DIRS["model"],
