@@ -7,27 +7,34 @@
       config.json        the model section of the config (this package's JSON format; any
                          command taking --config accepts BUNDLE or BUNDLE/config.json)
       params/            Orbax checkpoint of the model state (BaichuanAudio: one subtree per
-                         component, e.g. params/llm/...), restorable onto any mesh
-      vocoder/           Orbax checkpoint of the vocoder state (optional)
+                         component: params/llm/..., params/audio_tokenizer/...,
+                         params/flow_matching/...), restorable onto any mesh; every variable
+                         type is stored (parameters, position-table buffers, RVQ codebooks)
+      vocoder/           Orbax checkpoint of the HiFT vocoder state (optional)
       tokenizer/         text tokenizer files, copied as given (a Hugging Face tokenizer.json and
                          its config files, or a sentencepiece .model)
       reference_extras/  what only the reference layout needs, so torch -> bundle -> torch is
                          bit-exact: recognised-but-unused tensors (<checkpoint>.safetensors), the
                          reference config.json and generation_config.json
 
-A bundle is written into a hidden staging directory and renamed into place when complete
-(:mod:`baichuan_audio_jax.staging`), so a directory with ``bundle.json`` is always whole.
+A bundle holds one or both reference checkpoint kinds (``model``: everything of the reference
+``OmniForCausalLM``; ``vocoder``: ``hift.pt``). A bundle is written into a hidden staging
+directory and renamed into place when complete (:mod:`baichuan_audio_jax.staging`), so a directory
+with ``bundle.json`` is always whole; adding a checkpoint kind to an existing bundle
+(:func:`kept_bundle_info`, :func:`staged_bundle`) stages a new bundle that hard-links the kept
+files and swaps it in the same way.
 
 :func:`load_bundle` restores the model (all or some components) with the parameter dtype of its
 config, optionally sharded for a mesh; :func:`save_bundle` writes one from in-memory states.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import jax
 import ml_collections
@@ -48,6 +55,20 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "merges.txt", "tokenizer.model", "spiece.model")
 # Reference-side files carried in reference_extras/ and written back on export.
 REFERENCE_SIDE_FILES = ("config.json", "generation_config.json")
+# The config sections the arrays of each checkpoint kind depend on (kept unchanged when another
+# kind is added to a bundle).
+CHECKPOINT_SECTIONS = {
+    "model": ("llm", "audio_head", "audio_encoder", "vq_bridge", "audio_decoder", "flow_matching", "tokens"),
+    "vocoder": ("vocoder",),
+}
+
+
+def checkpoint_files(checkpoint: str) -> tuple[str, ...]:
+    """Paths (relative to the bundle) that belong to one checkpoint kind and are rewritten with it."""
+    own = (CHECKPOINT_DIRS[checkpoint], os.path.join(EXTRAS_DIR, f"{checkpoint}.safetensors"))
+    if checkpoint == "model":
+        own += (TOKENIZER_DIR,) + tuple(os.path.join(EXTRAS_DIR, f) for f in REFERENCE_SIDE_FILES)
+    return own
 
 
 class BundleError(ValueError):
@@ -139,13 +160,15 @@ def tokenizer_files_in(directory: str) -> bool:
 
 
 def make_info(*, components: Sequence[str], checkpoints: Mapping[str, Mapping[str, Any]], tokenizer: Sequence[str],
-              reference_dtypes: Mapping[str, Any] | None = None, extras: Sequence[str] = (),
-              carried_unsupported: Mapping[str, int] | None = None, source: str = "") -> dict:
+              reference_dtypes: Mapping[str, Any] | None = None, reference_layout: Mapping[str, Any] | None = None,
+              extras: Sequence[str] = (), source: str = "") -> dict:
     """The content of ``bundle.json``.
 
-    ``checkpoints``: per checkpoint kind present (``model``, ``vocoder``): its directory and the
-    dtype summary of its arrays. ``reference_dtypes``: per checkpoint kind, the dtype of every
-    reference tensor it came from (compressed), so export restores them exactly.
+    ``checkpoints``: per checkpoint kind present (``model``, ``vocoder``): its directory, the
+    dtype summary of its arrays and where it came from. ``reference_dtypes``: per checkpoint kind,
+    the dtype of every reference tensor it came from (compressed), so export restores them
+    exactly. ``reference_layout``: per component, the naming variant of its reference keys (the
+    vocoder's weight-norm naming), so export writes the names it came with.
     """
     return {
         "format": BUNDLE_FORMAT,
@@ -154,10 +177,102 @@ def make_info(*, components: Sequence[str], checkpoints: Mapping[str, Mapping[st
         "checkpoints": {k: dict(v) for k, v in checkpoints.items()},
         "tokenizer": list(tokenizer),
         "reference_dtypes": dict(reference_dtypes or {}),
+        "reference_layout": {k: dict(v) for k, v in (reference_layout or {}).items()},
         "reference_extras": list(extras),
-        "carried_unsupported": dict(carried_unsupported or {}),
         "source": source,
     }
+
+
+def merge_info(kept: Mapping[str, Any] | None, new: Mapping[str, Any], checkpoint: str) -> dict:
+    """``bundle.json`` of a bundle whose ``checkpoint`` kind is (re)written as ``new`` describes it,
+    keeping the other kinds of ``kept`` (None: a new bundle). ``reference_extras`` is ``new``'s
+    (the caller lists the staged directory)."""
+    if kept is None:
+        return dict(new)
+    from baichuan_audio_jax.conversion.components import COMPONENTS
+
+    def other(component: str) -> bool:
+        return component in COMPONENTS and COMPONENTS[component].checkpoint != checkpoint
+
+    out = dict(kept)
+    order = list(COMPONENTS)
+    out["components"] = sorted([c for c in kept.get("components", []) if other(c)] + list(new["components"]),
+                               key=lambda c: order.index(c) if c in order else len(order))
+    for field in ("checkpoints", "reference_dtypes"):
+        out[field] = {**{k: v for k, v in kept.get(field, {}).items() if k != checkpoint}, **new.get(field, {})}
+    out["reference_layout"] = {**{c: v for c, v in kept.get("reference_layout", {}).items() if other(c)},
+                               **new.get("reference_layout", {})}
+    if checkpoint == "model":
+        out["tokenizer"] = list(new.get("tokenizer", []))
+    out["reference_extras"] = list(new.get("reference_extras", []))
+    out["source"] = kept.get("source") or new.get("source", "")
+    return out
+
+
+def kept_bundle_info(path: str | os.PathLike, checkpoint: str, *, overwrite: bool = False) -> dict | None:
+    """When writing ``checkpoint`` to ``path``: the ``bundle.json`` of an existing bundle there whose
+    other checkpoint kinds are kept, or None when a new bundle is written (``path`` absent, or
+    replaced with ``overwrite``). Refuses to touch an existing output unless that is safe: a
+    bundle already holding ``checkpoint`` needs ``overwrite``; so does anything else at ``path``."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.exists(path):
+        return None
+    if not is_bundle(path):
+        if overwrite:
+            return None
+        raise FileExistsError(f"output {path} already exists and is not a model bundle (remove it or choose "
+                              "another output)")
+    info = read_bundle_info(path)
+    has = checkpoint in info.get("checkpoints", {})
+    if has and not overwrite:
+        raise FileExistsError(f"bundle {path} already has a {checkpoint} checkpoint (pass --overwrite to replace it)")
+    others = [k for k in info.get("checkpoints", {}) if k != checkpoint]
+    return info if others else None
+
+
+def check_kept_config(path: str | os.PathLike, kept: Mapping[str, Any], model_config) -> None:
+    """The sections of ``model_config`` that the kept checkpoint kinds of the bundle at ``path``
+    depend on must equal the bundle's (the stored arrays were made for them)."""
+    old = ModelConfig.from_config(bundle_model_config(path))
+    new = ModelConfig.from_config(model_config)
+    for kind in kept.get("checkpoints", {}):
+        for section in CHECKPOINT_SECTIONS.get(kind, ()):
+            if getattr(old, section) != getattr(new, section):
+                a, b = dataclasses.asdict(getattr(old, section)), dataclasses.asdict(getattr(new, section))
+                diff = [f"{k}: bundle {a[k]}, given {b[k]}" for k in a if a[k] != b.get(k)]
+                raise BundleError(f"bundle {path} keeps its {kind} checkpoint, whose config section {section!r} "
+                                  f"differs from the given config ({'; '.join(diff)})")
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copy2(src, dst)
+
+
+@contextlib.contextmanager
+def staged_bundle(path: str | os.PathLike, checkpoint: str, kept: Mapping[str, Any] | None, *,
+                  overwrite: bool = False) -> Iterator[str]:
+    """A staging directory that becomes the bundle at ``path`` when the block completes. With
+    ``kept`` (see :func:`kept_bundle_info`) it starts with the existing bundle's files except
+    those of ``checkpoint`` (:func:`checkpoint_files`) and ``bundle.json``/``config.json``,
+    hard-linked (the existing bundle is never modified; it is replaced only once the new one is
+    complete)."""
+    from baichuan_audio_jax.staging import staged_directory
+
+    path = os.path.abspath(os.fspath(path))
+    with staged_directory(path, overwrite=overwrite or kept is not None) as staging:
+        if kept is not None:
+            skip = set(checkpoint_files(checkpoint)) | {BUNDLE_FILE, CONFIG_FILE}
+            for root, dirs, files in os.walk(path):
+                rel = os.path.relpath(root, path)
+                dirs[:] = [d for d in dirs if os.path.normpath(os.path.join(rel, d)) not in skip]
+                os.makedirs(os.path.join(staging, rel), exist_ok=True)
+                for f in files:
+                    if os.path.normpath(os.path.join(rel, f)) not in skip:
+                        _link_or_copy(os.path.join(root, f), os.path.join(staging, rel, f))
+        yield staging
 
 
 def finish_bundle(staging: str, model_config: ml_collections.ConfigDict, info: Mapping[str, Any]) -> None:
@@ -170,15 +285,15 @@ def finish_bundle(staging: str, model_config: ml_collections.ConfigDict, info: M
 
 def checkpoint_model(checkpoint: str, cfg: ModelConfig, rngs: nnx.Rngs,
                      components: Sequence[str] | None = None) -> nnx.Module:
-    """The module whose state a bundle checkpoint holds: ``BaichuanAudio`` for ``"model"``, the
-    vocoder component's model for ``"vocoder"``."""
-    from baichuan_audio_jax.conversion.components import require_checkpoint_support
+    """The module whose state a bundle checkpoint holds: ``BaichuanAudio`` (with ``components``,
+    default all) for ``"model"``, the vocoder component's own model for ``"vocoder"``."""
+    from baichuan_audio_jax.conversion.components import components_of
     from baichuan_audio_jax.models.baichuan_audio import BaichuanAudio
 
     if checkpoint == "model":
         return BaichuanAudio(cfg, rngs=rngs, components=components)
-    comps = require_checkpoint_support(checkpoint)
-    return comps[0].build(cfg, rngs)
+    (comp,) = components_of(checkpoint)
+    return comp.build(cfg, rngs)
 
 
 def _flat(state) -> dict[tuple, Any]:
@@ -247,9 +362,11 @@ def load_bundle(path: str | os.PathLike, *, shardings: Any = None, components: S
                 vocoder: bool | None = None) -> LoadedBundle:
     """Restores a bundle's model (and vocoder) with the dtypes of its config.
 
-    ``components``: the components to restore (default: every one in the bundle). ``shardings``:
-    None, a ``jax.sharding.Mesh`` (each parameter placed by its logical axes) or a tree of
-    shardings matching the model state. ``vocoder``: restore it (default: if present).
+    Every variable of the stored state is restored: parameters, buffers (position tables) and
+    codebooks alike. ``components``: the model components to restore (default: every one in the
+    bundle; ``[]`` for none, e.g. only the vocoder). ``shardings``: None, a
+    ``jax.sharding.Mesh`` (each variable placed by its logical axes) or a tree of shardings
+    matching the model state. ``vocoder``: restore it (default: if present).
     """
     from baichuan_audio_jax.conversion.components import COMPONENTS, components_of
 
@@ -263,11 +380,14 @@ def load_bundle(path: str | os.PathLike, *, shardings: Any = None, components: S
         raise BundleError(f"{path} holds component(s) {unknown} that this version does not know")
     model_components = [c.name for c in components_of("model") if c.name in present]
     wanted = model_components if components is None else list(components)
+    not_model = [c for c in wanted if c in COMPONENTS and COMPONENTS[c].checkpoint != "model"]
+    if not_model:
+        raise BundleError(f"{not_model} are not model components; restore the vocoder with vocoder=True")
     absent = [c for c in wanted if c not in present]
     if absent:
         raise BundleError(f"{path} has no component(s) {absent} (it has {present})")
     model = None
-    if "model" in info.get("checkpoints", {}):
+    if wanted:
         graphdef, state = nnx.split(nnx.eval_shape(
             lambda: checkpoint_model("model", cfg, nnx.Rngs(0), components=wanted)))
         state = restore_state(os.path.join(path, CHECKPOINT_DIRS["model"]), state, shardings)
@@ -276,7 +396,7 @@ def load_bundle(path: str | os.PathLike, *, shardings: Any = None, components: S
     has_vocoder = "vocoder" in info.get("checkpoints", {})
     if vocoder or (vocoder is None and has_vocoder):
         if not has_vocoder:
-            raise BundleError(f"{path} has no vocoder")
+            raise BundleError(f"{path} has no vocoder (add one with `convert --component vocoder --output {path}`)")
         vgraph, vstate = nnx.split(nnx.eval_shape(lambda: checkpoint_model("vocoder", cfg, nnx.Rngs(0))))
         vstate = restore_state(os.path.join(path, CHECKPOINT_DIRS["vocoder"]), vstate, shardings)
         voc = nnx.merge(vgraph, vstate)
@@ -288,13 +408,15 @@ def load_bundle(path: str | os.PathLike, *, shardings: Any = None, components: S
 
 def save_bundle(path: str | os.PathLike, model_config: ml_collections.ConfigDict, model: nnx.Module | Any, *,
                 vocoder: nnx.Module | Any | None = None, tokenizer: str | os.PathLike | None = None,
-                reference_extras: str | os.PathLike | None = None, source: str = "",
-                overwrite: bool = False) -> str:
+                reference_extras: str | os.PathLike | None = None, reference_layout: Mapping[str, Any] | None = None,
+                source: str = "", overwrite: bool = False) -> str:
     """Writes a bundle from in-memory states (e.g. at the end of training).
 
-    ``model``: a ``BaichuanAudio`` (or its state); its arrays may be sharded over a mesh.
-    ``reference_extras``: the ``reference_extras/`` directory of the bundle the run started from,
-    carried over so an export to the reference layout keeps its unused tensors and config.
+    ``model``: a ``BaichuanAudio`` (or its state); its arrays may be sharded over a mesh. Every
+    variable of the state is saved (parameters, buffers, codebooks).
+    ``reference_extras`` and ``reference_layout``: the ``reference_extras/`` directory and the
+    ``reference_layout`` entry of the bundle the run started from, carried over so an export to
+    the reference layout keeps its unused tensors, config and key naming.
     Multi-process runs call this on every process (file operations happen on process 0).
     """
     from baichuan_audio_jax.conversion.orbax_io import save_tree
@@ -325,7 +447,7 @@ def save_bundle(path: str | os.PathLike, model_config: ml_collections.ConfigDict
             extras = sorted(os.listdir(os.path.join(staging, EXTRAS_DIR)))
         finish_bundle(staging, model_config, make_info(
             components=components + (["vocoder"] if vocoder is not None else []), checkpoints=checkpoints,
-            tokenizer=tok, extras=extras, source=source))
+            tokenizer=tok, reference_layout=reference_layout, extras=extras, source=source))
 
     if not multi:
         with staged_directory(path, overwrite=overwrite) as staging:

@@ -33,6 +33,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+# The LLM component (the largest tensors: the 152064-row embedding and LM head, the audio head's FFN).
+COMPONENTS = ["llm"]
 IMPORTS = ("import jax, numpy, orbax.checkpoint, tensorstore, safetensors, flax.nnx; "
            "import baichuan_audio_jax.conversion.convert")
 
@@ -57,8 +59,8 @@ def build_checkpoint(path: str, layers: int, head_layers: int) -> dict:
     from baichuan_audio_jax.conversion.torch_io import HFCheckpointWriter, TensorSpec
 
     cfg = ModelConfig.from_config(model_config(layers, head_layers))
-    concrete = combine_tables(*[t for c in components_of("model") for t in c.mapping_tables(cfg)])
-    _, state = abstract_state("model", cfg)
+    concrete = combine_tables(*[t for c in components_of("model", COMPONENTS) for t in c.mapping_tables(cfg)])
+    _, state = abstract_state("model", cfg, COMPONENTS)
     shapes = expected_torch_shapes(concrete, {p: tuple(v.shape) for p, v in flat_abstract(state).items()})
     bf16 = np.dtype(ml_dtypes.bfloat16)
     specs = [TensorSpec(c.torch, tuple(shapes[c.torch]), bf16) for c in concrete]
@@ -84,7 +86,7 @@ def run_streaming_to_bundle(src, dst, layers, head_layers):
     from baichuan_audio_jax.conversion.torch_io import ReferenceCheckpoint
 
     t0 = time.perf_counter()
-    torch_to_bundle(ReferenceCheckpoint(src), dst, model_config(layers, head_layers))
+    torch_to_bundle(ReferenceCheckpoint(src), dst, model_config(layers, head_layers), components=COMPONENTS)
     return time.perf_counter() - t0
 
 
@@ -112,8 +114,8 @@ def run_naive_to_bundle(src, dst, layers, head_layers):
         if f.endswith(".safetensors"):
             tensors.update(load_file(os.path.join(src, f)))
     cfg = ModelConfig.from_config(model_config(layers, head_layers))
-    concrete = combine_tables(*[t for c in components_of("model") for t in c.mapping_tables(cfg)])
-    _, state = abstract_state("model", cfg)
+    concrete = combine_tables(*[t for c in components_of("model", COMPONENTS) for t in c.mapping_tables(cfg)])
+    _, state = abstract_state("model", cfg, COMPONENTS)
     state, _ = load_tensors(state, concrete, tensors.__getitem__, available=tensors.keys(),
                             dtype=tensors["model.norm.weight"].dtype)
     ocp.PyTreeCheckpointer().save(os.path.abspath(dst), nnx.to_pure_dict(state))
@@ -131,9 +133,9 @@ def run_naive_to_torch(src, dst, layers, head_layers):
 
     t0 = time.perf_counter()
     cfg = ModelConfig.from_config(model_config(layers, head_layers))
-    concrete = combine_tables(*[t for c in components_of("model") for t in c.mapping_tables(cfg)])
+    concrete = combine_tables(*[t for c in components_of("model", COMPONENTS) for t in c.mapping_tables(cfg)])
     restored = ocp.PyTreeCheckpointer().restore(os.path.abspath(src))
-    _, state = abstract_state("model", cfg)
+    _, state = abstract_state("model", cfg, COMPONENTS)
     from flax import nnx
 
     nnx.replace_by_pure_dict(state, restored)

@@ -133,7 +133,7 @@ def test_usage_errors(weights, tmp_path, capsys):
     assert "exactly one" in capsys.readouterr().err
     assert main(["tokenize", "--config", TINY, "--weights", str(tmp_path / "nope"), "x.wav",
                  "--out", str(tmp_path)]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "nope: no such file or directory" in capsys.readouterr().err
 
 
 def test_random_weights_warn(speech_dir, tmp_path, capsys):
@@ -147,11 +147,11 @@ def test_random_weights_warn(speech_dir, tmp_path, capsys):
 
 def test_reference_weights_from_sharded_directory(tmp_path):
     """A HF-style directory (index + shards) and a plain directory of files read the same; only
-    the requested prefixes are read; bf16 is up-cast exactly."""
+    the requested prefixes are read; bf16 is up-cast exactly (what ``--weights`` reads)."""
     import jax.numpy as jnp
     from safetensors.flax import save_file
 
-    from baichuan_audio_jax.conversion.reference_weights import WeightsError, read_reference_tensors
+    from baichuan_audio_jax.conversion.torch_io import CheckpointError, read_tensors
 
     rng = np.random.default_rng(0)
     a = {"audio_tokenizer.audio_model.x": rng.standard_normal((3, 4)).astype(np.float32),
@@ -162,16 +162,16 @@ def test_reference_weights_from_sharded_directory(tmp_path):
     index = {"weight_map": {**{k: "model-00001-of-00002.safetensors" for k in a},
                             **{k: "model-00002-of-00002.safetensors" for k in b}}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
-    got = read_reference_tensors(tmp_path, prefixes=("audio_tokenizer.",))
+    got = read_tensors(tmp_path, prefixes=("audio_tokenizer.",))
     assert set(got) == {"audio_tokenizer.audio_model.x", "audio_tokenizer.audio_decoder.y"}
     np.testing.assert_array_equal(got["audio_tokenizer.audio_model.x"], a["audio_tokenizer.audio_model.x"])
     assert got["audio_tokenizer.audio_decoder.y"].dtype == np.float32
     np.testing.assert_array_equal(got["audio_tokenizer.audio_decoder.y"],
                                   np.asarray(b["audio_tokenizer.audio_decoder.y"], np.float32))
     (tmp_path / "model.safetensors.index.json").unlink()
-    assert set(read_reference_tensors(tmp_path)) == set(a) | set(b)
-    with pytest.raises(WeightsError, match="does not exist"):
-        read_reference_tensors(tmp_path / "nope")
+    assert set(read_tensors(tmp_path)) == set(a) | set(b)
+    with pytest.raises(CheckpointError, match="no such file or directory"):
+        read_tensors(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(WeightsError, match="no \\*.safetensors"):
-        read_reference_tensors(tmp_path / "empty")
+    with pytest.raises(CheckpointError, match="other \\*.safetensors files"):
+        read_tensors(tmp_path / "empty")

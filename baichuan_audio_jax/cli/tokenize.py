@@ -19,8 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="*", metavar="FILE", help="audio files (any soundfile format)")
     p.add_argument("--manifest", help="JSONL manifest whose \"audio\" values are paths (relative to it)")
     p.add_argument("--config", required=True, help="model config (configs/*.py or a reference config.json)")
-    p.add_argument("--weights", help="reference-layout weights: a .safetensors file or a directory of them "
-                                     "(optionally with model.safetensors.index.json); random if omitted")
+    p.add_argument("--weights", help="reference-layout weights: a Hugging Face style directory (sharded or not), a "
+                                     "directory of .safetensors files, a .safetensors file or a .pt/.bin state_dict "
+                                     "(needs torch); only the audio_tokenizer.* tensors are read; random if omitted")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--batch-size", type=int, default=8, help="encoder rows (30 s chunks) per jitted call")
     p.add_argument("--files-per-step", type=int, default=16, help="files loaded and encoded together")
@@ -35,14 +36,16 @@ def build_runtime(args: argparse.Namespace):
     from baichuan_audio_jax.cli.main import CLIError
     from baichuan_audio_jax.config import ModelConfig, load_config
     from baichuan_audio_jax.conversion.mapping import MappingError
-    from baichuan_audio_jax.conversion.reference_weights import WeightsError
+    from baichuan_audio_jax.conversion.torch_io import CheckpointError
     from baichuan_audio_jax.inference.audio_tokenizer import AudioTokenizerRuntime
 
     cfg = ModelConfig.from_config(load_config(args.config, args.config_overrides).model)
     if args.weights:
         try:
             return AudioTokenizerRuntime.from_weights_file(cfg, args.weights, batch_size=args.batch_size)
-        except (WeightsError, MappingError) as e:
+        except CheckpointError as e:  # names the file itself
+            raise CLIError(f"--weights: {e}") from e
+        except MappingError as e:
             raise CLIError(f"--weights {args.weights}: {e}") from e
     print("warning: no --weights given: the tokenizer is randomly initialised and its codes are meaningless "
           "(use them only to test pipelines)", file=sys.stderr)

@@ -15,7 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--audio", help="audio file to analyse into a 24 kHz mel")
     src.add_argument("--mel", help=".npy file holding a [frames, 80] natural-log 24 kHz mel")
-    p.add_argument("--vocoder", help="vocoder checkpoint (hift.pt or .safetensors); random weights if omitted")
+    p.add_argument("--vocoder", help="vocoder checkpoint (hift.pt or .safetensors) or a model bundle with a vocoder; "
+                                     "random weights if omitted")
     p.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tiny.py"),
                    help="config for random weights and mel parameters (default: configs/tiny.py)")
     p.add_argument("--out", required=True, help="output WAV path")
@@ -32,10 +33,13 @@ def run(args: argparse.Namespace) -> int:
 
     from baichuan_audio_jax.audio.io import AudioError, load_audio
     from baichuan_audio_jax.audio.mel24k import log_mel_24k
+    from baichuan_audio_jax.bundle import BundleError, is_bundle, load_bundle
     from baichuan_audio_jax.cli.main import CLIError
     from baichuan_audio_jax.config import ModelConfig, load_config
+    from baichuan_audio_jax.conversion.components import open_reference
     from baichuan_audio_jax.conversion.mapping import MappingError
-    from baichuan_audio_jax.conversion.vocoder import load_vocoder, read_vocoder_checkpoint
+    from baichuan_audio_jax.conversion.torch_io import CheckpointError
+    from baichuan_audio_jax.conversion.vocoder import load_vocoder
     from baichuan_audio_jax.inference.waveform import SAMPLE_RATE, mel_to_wave, write_wav
     from baichuan_audio_jax.models.hift import HiFTGenerator
     from baichuan_audio_jax.models.pure import init_model
@@ -46,8 +50,11 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"config flow_matching.sampling_rate is {fm.sampling_rate}; the vocoder writes {SAMPLE_RATE} Hz")
     if args.vocoder:
         try:
-            vocoder = load_vocoder(read_vocoder_checkpoint(args.vocoder))
-        except (MappingError, ValueError) as e:
+            if is_bundle(args.vocoder):
+                vocoder = load_bundle(args.vocoder, components=[], vocoder=True).vocoder
+            else:
+                vocoder = load_vocoder(open_reference(args.vocoder, "vocoder"))
+        except (BundleError, CheckpointError, MappingError, ValueError) as e:
             raise CLIError(f"{args.vocoder}: {e}") from e
         origin = args.vocoder
     else:

@@ -1,37 +1,72 @@
-"""The component registry: which parts of the reference checkpoints this version converts.
+"""The component registry: the parts of the reference checkpoints and how each converts.
 
 A *component* is one model module with its mapping tables: the reference key prefixes it owns,
 where its parameters live inside the composed model
 (:class:`~baichuan_audio_jax.models.baichuan_audio.BaichuanAudio`) and which reference file it
 comes from (``"model"``: the Hugging Face directory of ``OmniForCausalLM``; ``"vocoder"``: the
-separate ``hift.pt``). Conversion, coverage checks and the model composition are all derived
-from :data:`COMPONENTS`, so supporting a new component is one entry here.
+separate ``hift.pt``). Conversion, coverage checks, bundles and the model composition are all
+derived from :data:`COMPONENTS`, so supporting a new component is one entry here.
 
-Reference keys of parts this version cannot build yet are listed in :data:`NOT_YET_SUPPORTED`:
-they are recognised (reported as "component not yet supported", never as unknown and never
-counted as mapped) until their component is registered.
+A component may declare
+
+* ``config_section``: its model and tables take that section of the
+  :class:`~baichuan_audio_jax.config.ModelConfig` (the vocoder takes ``cfg.vocoder``) instead of
+  the whole config;
+* ``layout``: a naming variant of its reference keys, detected from them and passed to its table
+  functions as keyword arguments (the vocoder's weight-norm naming, ``weight_g``/``weight_v`` or
+  ``parametrizations.weight.original0/1``); conversions record it so export writes the names the
+  checkpoint came with. ``default_layout`` applies when there are no keys to detect it from.
+
+Reference files may wrap a checkpoint's keys in a wrapper module's prefix
+(:data:`WRAPPER_PREFIXES`); readers strip it (:func:`open_reference`).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterable
+import os
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from flax import nnx
 
 from baichuan_audio_jax.config import ModelConfig
 from baichuan_audio_jax.conversion.mapping import Concrete, MappingTable, combine_tables
-from baichuan_audio_jax.conversion.tables import audio_embed_table, audio_head_table, llm_table
+from baichuan_audio_jax.conversion.tables import (
+    audio_decoder_table,
+    audio_embed_table,
+    audio_encoder_table,
+    audio_head_table,
+    flow_matching_table,
+    llm_table,
+    vocoder_table,
+    vq_bridge_table,
+)
+from baichuan_audio_jax.conversion.tables.audio_tokenizer import REFERENCE_PREFIX as TOKENIZER_PREFIX
+from baichuan_audio_jax.conversion.tables.flow_matching import PREFIX as FLOW_MATCHING_PREFIX
+from baichuan_audio_jax.conversion.tables.vocoder import vocoder_widths, weight_norm_naming
 from baichuan_audio_jax.models.audio_llm import AudioLLM
+from baichuan_audio_jax.models.audio_tokenizer import AudioTokenizer
+from baichuan_audio_jax.models.flow_matching import FlowMatchingDecoder
+from baichuan_audio_jax.models.hift import HiFTGenerator
 
 CHECKPOINTS = ("model", "vocoder")
+# Prefixes of wrapper modules a reference file may carry on every key (the reference's
+# ``Cosy24kVocoder`` holds the HiFT generator as ``hifigan_generator``).
+WRAPPER_PREFIXES = {"model": (), "vocoder": ("hifigan_generator.",)}
 
 
 @dataclasses.dataclass(frozen=True)
 class TableRef:
-    """A mapping-table function and the NNX path of its root below the component's ``model_path``."""
+    """A mapping-table function and the NNX path of its root below the component's ``model_path``.
 
-    fn: Callable[[ModelConfig, tuple], MappingTable]
+    ``fn(config, prefix, **layout)``; ``config`` is the whole ModelConfig or the component's
+    ``config_section`` of it."""
+
+    fn: Callable[..., MappingTable]
     sub_path: tuple = ()
+
+
+class LayoutError(ValueError):
+    """The keys of a component do not follow one consistent naming variant."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +81,8 @@ class Component:
       checkpoint (``("llm",)`` inside ``BaichuanAudio``; ``()`` for the vocoder, which is a model
       of its own).
     * ``tables``: its mapping tables.
-    * ``model_class``: the ``nnx.Module`` built as ``model_class(cfg, rngs=rngs)``.
+    * ``model_class``: the ``nnx.Module`` built as ``model_class(config, rngs=rngs)``.
+    * ``config_section``, ``layout``, ``default_layout``, ``config_hint``: see the module docstring.
     """
 
     name: str
@@ -55,35 +91,55 @@ class Component:
     model_path: tuple
     tables: tuple
     model_class: type
+    config_section: str | None = None
+    layout: Callable[[Sequence[str]], dict] | None = None
+    default_layout: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    config_hint: Callable[[Mapping[str, tuple], Any], list[str]] | None = None
 
     def __post_init__(self):
         if self.checkpoint not in CHECKPOINTS:
             raise ValueError(f"component {self.name}: checkpoint must be one of {CHECKPOINTS}")
 
-    def mapping_tables(self, cfg: ModelConfig) -> list[MappingTable]:
-        return [t.fn(cfg, tuple(self.model_path) + tuple(t.sub_path)) for t in self.tables]
+    def section(self, cfg: ModelConfig) -> Any:
+        """What the model and the tables take: ``cfg`` or its ``config_section``."""
+        return cfg if self.config_section is None else getattr(cfg, self.config_section)
 
-    def concrete(self, cfg: ModelConfig) -> list[Concrete]:
+    def detect_layout(self, keys: Iterable[str]) -> dict:
+        """The naming variant of the component's keys among ``keys`` (``default_layout`` if none)."""
+        mine = [k for k in keys if self.owns(k)]
+        if self.layout is None or not mine:
+            return dict(self.default_layout)
+        try:
+            return dict(self.layout(mine))
+        except ValueError as e:
+            raise LayoutError(f"{self.name}: {e}") from e
+
+    def mapping_tables(self, cfg: ModelConfig, layout: Mapping[str, Any] | None = None,
+                       root: tuple | None = None) -> list[MappingTable]:
+        """The tables with NNX paths under ``root`` (default: ``model_path``, i.e. inside the
+        composed model; ``()`` when the component's module is the model being loaded)."""
+        root = tuple(self.model_path if root is None else root)
+        kw = dict(self.default_layout if layout is None else layout)
+        return [t.fn(self.section(cfg), root + tuple(t.sub_path), **kw) for t in self.tables]
+
+    def concrete(self, cfg: ModelConfig, layout: Mapping[str, Any] | None = None,
+                 root: tuple | None = None) -> list[Concrete]:
         """Every reference tensor of the component, in table order."""
-        return combine_tables(*self.mapping_tables(cfg))
+        return combine_tables(*self.mapping_tables(cfg, layout, root))
 
     def owns(self, key: str) -> bool:
         return key.startswith(tuple(self.reference_prefixes))
 
     def build(self, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
-        return self.model_class(cfg, rngs=rngs)
+        return self.model_class(self.section(cfg), rngs=rngs)
 
 
-@dataclasses.dataclass(frozen=True)
-class PendingComponent:
-    """Reference keys of a part that a later version converts (recognised, never mapped)."""
+def _vocoder_layout(keys: Sequence[str]) -> dict:
+    return {"weight_norm": weight_norm_naming(keys)}
 
-    name: str
-    checkpoint: str
-    reference_prefixes: tuple
 
-    def owns(self, key: str) -> bool:
-        return key.startswith(tuple(self.reference_prefixes))
+def _vocoder_hint(shapes: Mapping[str, tuple], section: Any) -> list[str]:
+    return [f"--config.model.vocoder.{k}={v}" for k, v in vocoder_widths(shapes).items() if getattr(section, k) != v]
 
 
 COMPONENTS: dict[str, Component] = {c.name: c for c in (
@@ -93,70 +149,87 @@ COMPONENTS: dict[str, Component] = {c.name: c for c in (
         model_path=("llm",),
         tables=(TableRef(llm_table), TableRef(audio_embed_table), TableRef(audio_head_table)),
         model_class=AudioLLM),
+    Component(
+        name="audio_tokenizer", checkpoint="model",
+        reference_prefixes=tuple(TOKENIZER_PREFIX + p for p in ("audio_model.", "audio_bridge_model.",
+                                                                "audio_decoder.")),
+        model_path=("audio_tokenizer",),
+        tables=(TableRef(audio_encoder_table), TableRef(vq_bridge_table), TableRef(audio_decoder_table)),
+        model_class=AudioTokenizer),
+    Component(
+        name="flow_matching", checkpoint="model",
+        reference_prefixes=(FLOW_MATCHING_PREFIX,),
+        model_path=("flow_matching",),
+        tables=(TableRef(flow_matching_table),),
+        model_class=FlowMatchingDecoder),
+    Component(
+        name="vocoder", checkpoint="vocoder",
+        reference_prefixes=("",),
+        model_path=(),
+        tables=(TableRef(vocoder_table),),
+        model_class=HiFTGenerator,
+        config_section="vocoder",
+        layout=_vocoder_layout,
+        default_layout={"weight_norm": "weight_g"},  # the released hift.pt
+        config_hint=_vocoder_hint),
 )}
-
-NOT_YET_SUPPORTED: dict[str, PendingComponent] = {c.name: c for c in (
-    PendingComponent("audio_tokenizer", "model", (
-        "audio_tokenizer.audio_model.", "audio_tokenizer.audio_bridge_model.", "audio_tokenizer.audio_decoder.")),
-    PendingComponent("flow_matching", "model", ("audio_tokenizer.audio_flow_matching_decoder.",)),
-    PendingComponent("vocoder", "vocoder", ("",)),
-) if c.name not in COMPONENTS}
-
-
-class UnsupportedComponentError(ValueError):
-    pass
 
 
 def components_of(checkpoint: str, names: Iterable[str] | None = None) -> list[Component]:
-    """Registered components of one reference checkpoint (``names`` selects some of them)."""
+    """Components of one reference checkpoint (``names`` selects some of them), in registry order."""
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"unknown checkpoint kind {checkpoint!r}; expected one of {CHECKPOINTS}")
     available = [c for c in COMPONENTS.values() if c.checkpoint == checkpoint]
     if names is None:
         return available
-    out = []
-    for n in names:
-        if n in COMPONENTS and COMPONENTS[n].checkpoint == checkpoint:
-            out.append(COMPONENTS[n])
-        elif n in NOT_YET_SUPPORTED:
-            raise UnsupportedComponentError(f"component {n!r} is not yet supported by this version")
-        else:
-            raise KeyError(f"unknown component {n!r} for the {checkpoint} checkpoint; "
-                           f"known: {sorted(c.name for c in available)}")
-    return out
+    names = list(names)
+    bad = [n for n in names if n not in {c.name for c in available}]
+    if bad:
+        raise KeyError(f"unknown component(s) {bad} for the {checkpoint} checkpoint; "
+                       f"known: {[c.name for c in available]}")
+    return [c for c in available if c.name in names]
 
 
-def require_checkpoint_support(checkpoint: str) -> list[Component]:
-    """The components of ``checkpoint``; a clear error when this version converts none of them."""
-    comps = components_of(checkpoint)
-    if not comps:
-        pending = [p.name for p in NOT_YET_SUPPORTED.values() if p.checkpoint == checkpoint]
-        raise UnsupportedComponentError(
-            f"the {checkpoint} checkpoint ({', '.join(pending) or checkpoint}) is not yet supported by this version")
-    return comps
+def checkpoint_of(name: str) -> str:
+    if name not in COMPONENTS:
+        raise KeyError(f"unknown component {name!r}; known: {list(COMPONENTS)}")
+    return COMPONENTS[name].checkpoint
 
 
-def owner(key: str, checkpoint: str) -> Component | PendingComponent | None:
-    """The component (registered or pending) that owns a reference key, or None (unknown key)."""
-    for c in list(COMPONENTS.values()) + list(NOT_YET_SUPPORTED.values()):
-        if c.checkpoint == checkpoint and c.owns(key):
+def owner(key: str, checkpoint: str) -> Component | None:
+    """The component that owns a reference key, or None (unknown key)."""
+    for c in components_of(checkpoint):
+        if c.owns(key):
             return c
     return None
 
 
-def partition_keys(keys: Iterable[str], checkpoint: str
+def partition_keys(keys: Iterable[str], checkpoint: str, selected: Iterable[str] | None = None
                    ) -> tuple[dict[str, list[str]], dict[str, list[str]], list[str]]:
-    """Splits reference keys into (registered component -> keys, pending component -> keys, unknown)."""
-    supported: dict[str, list[str]] = {}
-    pending: dict[str, list[str]] = {}
+    """Splits reference keys into (selected component -> keys, other component -> keys, unknown)."""
+    selected = None if selected is None else set(selected)
+    chosen: dict[str, list[str]] = {}
+    others: dict[str, list[str]] = {}
     unknown: list[str] = []
     for k in keys:
         c = owner(k, checkpoint)
         if c is None:
             unknown.append(k)
-        elif isinstance(c, Component):
-            supported.setdefault(c.name, []).append(k)
+        elif selected is None or c.name in selected:
+            chosen.setdefault(c.name, []).append(k)
         else:
-            pending.setdefault(c.name, []).append(k)
-    return supported, pending, unknown
+            others.setdefault(c.name, []).append(k)
+    return chosen, others, unknown
 
+
+def open_reference(paths: str | os.PathLike | Sequence[str | os.PathLike], checkpoint: str = "model", *,
+                   components: Sequence[str] | None = None):
+    """A :class:`~baichuan_audio_jax.conversion.torch_io.ReferenceCheckpoint` of one kind: the
+    kind's wrapper prefixes stripped; with ``components``, only their keys visible (and read)."""
+    from baichuan_audio_jax.conversion.torch_io import ReferenceCheckpoint
+
+    prefixes = None
+    if components is not None:
+        comps = components_of(checkpoint, components)
+        prefixes = tuple(p for c in comps for p in c.reference_prefixes)
+    return ReferenceCheckpoint(paths, prefixes=prefixes, wrapper_prefixes=WRAPPER_PREFIXES[checkpoint])

@@ -3,14 +3,17 @@
 * :func:`check_listing` maps every key of a ``name -> (shape, dtype)`` listing (file headers or a
   shapes JSON; no weights) through the component registry and mapping tables and checks every
   shape against the config: ``mapped K/K`` per component, unknown, missing and mis-shaped keys
-  by name with both shapes, keys of components this version does not convert yet.
+  by name with both shapes, keys of components left out by a ``components`` selection.
 * :func:`torch_to_bundle` reads reference tensors one at a time, converts each through its
   mapping-table transform and writes the pieces straight into the Orbax checkpoint (a stacked
   parameter one layer slice at a time), so memory stays at about one reference tensor. Arrays
   keep the reference dtype unless ``dtype`` says otherwise; unused tensors, the reference
-  config and tokenizer files are carried in the bundle.
-* :func:`bundle_to_torch` reads the bundle one parameter (or layer slice) at a time and writes a
-  Hugging Face style safetensors directory with exactly the reference names, shapes and dtypes.
+  config and tokenizer files are carried in the bundle. A checkpoint kind can be added to an
+  existing bundle (the vocoder to a model bundle, or the reverse).
+* :func:`bundle_to_torch` reads the bundle one parameter (or layer slice) at a time and writes the
+  reference layout with exactly the reference names, shapes and dtypes: a Hugging Face style
+  safetensors directory for the model, a ``hift.pt``-layout ``.safetensors`` (or, with torch,
+  ``.pt``) file for the vocoder.
 
 torch -> bundle -> torch reproduces every tensor bit for bit.
 """
@@ -33,24 +36,29 @@ from baichuan_audio_jax.bundle import (
     EXTRAS_DIR,
     REFERENCE_SIDE_FILES,
     TOKENIZER_DIR,
+    BundleError,
     bundle_model_config,
+    check_kept_config,
     checkpoint_model,
     compress_dtypes,
     copy_tokenizer,
     dtype_summary,
     expand_dtype,
     finish_bundle,
+    kept_bundle_info,
     make_info,
+    merge_info,
     read_bundle_info,
+    staged_bundle,
     tokenizer_files_in,
     write_json,
 )
 from baichuan_audio_jax.config import ModelConfig, model_config_from_reference, reference_config_from_model
 from baichuan_audio_jax.conversion.components import (
     COMPONENTS,
+    LayoutError,
     components_of,
     partition_keys,
-    require_checkpoint_support,
 )
 from baichuan_audio_jax.conversion.mapping import (
     Concrete,
@@ -73,9 +81,11 @@ from baichuan_audio_jax.conversion.torch_io import (
     ReferenceCheckpoint,
     SafetensorsWriter,
     TensorSpec,
+    file_writer,
+    is_checkpoint_file_name,
     is_float_dtype,
 )
-from baichuan_audio_jax.staging import staged_directory
+from baichuan_audio_jax.staging import staged_directory, staged_file
 
 Listing = Mapping[str, tuple]  # name -> (shape, dtype or None)
 Path = tuple
@@ -129,20 +139,17 @@ class Coverage:
     source: str
     num_keys: int
     components: list[ComponentCoverage] = dataclasses.field(default_factory=list)
-    pending: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # not-yet-supported component -> keys
+    skipped: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # component not selected -> keys
+    layouts: dict[str, dict] = dataclasses.field(default_factory=dict)  # component -> detected key naming
     missing: list[tuple[str, tuple]] = dataclasses.field(default_factory=list)  # (name, expected shape)
     unknown: list[tuple[str, tuple]] = dataclasses.field(default_factory=list)  # (name, shape)
     mismatched: list[tuple[str, tuple, tuple]] = dataclasses.field(default_factory=list)  # (name, expected, found)
     bad_dtypes: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (name, dtype)
+    hints: list[str] = dataclasses.field(default_factory=list)  # config overrides the shapes imply
 
     @property
     def has_problems(self) -> bool:
         return bool(self.missing or self.unknown or self.mismatched or self.bad_dtypes)
-
-    @property
-    def complete(self) -> bool:
-        """Every key mapped, nothing left for a later version."""
-        return not self.has_problems and not self.pending
 
     def lines(self, limit: int = 40) -> list[str]:
         out = [f"{self.checkpoint} checkpoint ({self.source}): {self.num_keys} keys"]
@@ -150,8 +157,8 @@ class Coverage:
             out.append(f"  {c.name}: mapped {c.mapped}/{c.total}")
             if len(c.tables) > 1:
                 out += [f"    {t.table}: {t.mapped}/{t.total}" for t in c.tables]
-        for name, keys in self.pending.items():
-            out.append(f"  {name}: {len(keys)} keys, component not yet supported by this version (e.g. {keys[0]})")
+        for name, keys in self.skipped.items():
+            out.append(f"  {name}: {len(keys)} keys skipped (component not selected, e.g. {keys[0]})")
         problems = ([f"  shape mismatch: {k}: expected {list(e)} from the config, found {list(f)}"
                      for k, e, f in self.mismatched]
                     + [f"  missing: {k} (expected {list(s)})" for k, s in self.missing]
@@ -160,12 +167,14 @@ class Coverage:
         out += problems[:limit]
         if len(problems) > limit:
             out.append(f"  ... and {len(problems) - limit} more problem(s)")
+        if self.hints:
+            out.append(f"  hint: the checkpoint's shapes imply {' '.join(self.hints)}")
         if self.has_problems:
             out.append(f"  FAILED: {len(self.missing)} missing, {len(self.unknown)} unknown, "
                        f"{len(self.mismatched)} mis-shaped, {len(self.bad_dtypes)} bad dtype")
-        elif self.pending:
-            n = sum(len(v) for v in self.pending.values())
-            out.append(f"  INCOMPLETE: {n} keys belong to component(s) not yet supported: {', '.join(self.pending)}")
+        elif self.skipped:
+            n = sum(len(v) for v in self.skipped.values())
+            out.append(f"  OK for the selected component(s); {n} keys of {', '.join(self.skipped)} skipped")
         else:
             out.append("  OK: full coverage")
         return out
@@ -199,17 +208,29 @@ def coverage_of(cov: Coverage, name: str, concrete: Sequence[Concrete], shapes: 
     return mapped
 
 
-def check_listing(cfg: ModelConfig, listing: Listing, checkpoint: str = "model", source: str = "") -> Coverage:
-    """Maps every key of ``listing`` (name -> (shape, dtype or None)) for one reference checkpoint."""
-    comps = components_of(checkpoint)
-    supported, pending, unknown = partition_keys(listing, checkpoint)
-    cov = Coverage(checkpoint, source, len(listing), pending=pending,
+def check_listing(cfg: ModelConfig, listing: Listing, checkpoint: str = "model", source: str = "",
+                  components: Sequence[str] | None = None) -> Coverage:
+    """Maps every key of ``listing`` (name -> (shape, dtype or None)) for one reference checkpoint.
+
+    ``components`` selects some of the checkpoint's components (default: all): every key of a
+    selected one must be present; keys of the others are counted as skipped. Each component's key
+    naming variant is detected from its keys (:attr:`Coverage.layouts`)."""
+    comps = components_of(checkpoint, components)
+    chosen, skipped, unknown = partition_keys(listing, checkpoint, [c.name for c in comps])
+    cov = Coverage(checkpoint, source, len(listing), skipped=skipped,
                    unknown=[(k, tuple(listing[k][0])) for k in unknown])
-    if comps:
-        _, state = abstract_state(checkpoint, cfg)
-        shapes = {p: tuple(v.shape) for p, v in flat_abstract(state).items()}
-        for comp in comps:
-            coverage_of(cov, comp.name, comp.concrete(cfg), shapes, listing, supported.get(comp.name, []))
+    _, state = abstract_state(checkpoint, cfg, [c.name for c in comps])
+    shapes = {p: tuple(v.shape) for p, v in flat_abstract(state).items()}
+    for comp in comps:
+        keys = chosen.get(comp.name, [])
+        try:
+            cov.layouts[comp.name] = comp.detect_layout(keys)
+        except LayoutError as e:
+            raise ConversionError(f"{source}: {e}") from e
+        before = len(cov.mismatched)
+        coverage_of(cov, comp.name, comp.concrete(cfg, cov.layouts[comp.name]), shapes, listing, keys)
+        if len(cov.mismatched) > before and comp.config_hint is not None:
+            cov.hints += comp.config_hint({k: tuple(listing[k][0]) for k in keys}, comp.section(cfg))
     return cov
 
 
@@ -317,30 +338,36 @@ def bundle_tokenizer(staging: str, tokenizer: str | None, directories: Sequence[
 # ----------------------------------------------------------------------------- torch -> bundle
 
 def torch_to_bundle(source: ReferenceCheckpoint, output: str, model_config, *, checkpoint: str = "model",
-                    dtype: Any = None, tokenizer: str | None = None, carry_unsupported: bool = False,
+                    components: Sequence[str] | None = None, dtype: Any = None, tokenizer: str | None = None,
                     overwrite: bool = False, progress: bool = False,
                     max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES) -> ConversionResult:
-    """Converts a reference checkpoint into a model bundle at ``output``.
+    """Converts a reference checkpoint (``checkpoint``: ``"model"`` or ``"vocoder"``) into the model
+    bundle at ``output``.
 
     Every key is checked first (names, shapes against ``model_config``, dtypes); any problem
-    raises :class:`ConversionError` with the full report before anything is written. Keys of
-    components this version does not convert make it fail too, unless ``carry_unsupported``:
-    they are then carried verbatim in ``reference_extras/`` (and come back on export).
-    ``dtype``: the dtype of the stored parameters (default: each tensor's own).
+    raises :class:`ConversionError` with the full report before anything is written.
+    ``components`` converts some of the checkpoint's components (default: all); keys of the
+    others are skipped and reported. ``dtype``: the dtype of the stored arrays (default: each
+    tensor's own). When ``output`` is a bundle holding the *other* checkpoint kind, this one is
+    added to it (its config must agree with the bundle's on what the kept arrays depend on); an
+    existing checkpoint of this kind is replaced only with ``overwrite``. Either way the result
+    is staged and swapped in whole.
     """
     cfg = ModelConfig.from_config(model_config)
-    comps = require_checkpoint_support(checkpoint)
+    comps = components_of(checkpoint, components)
+    output = os.path.abspath(output)
+    kept = kept_bundle_info(output, checkpoint, overwrite=overwrite)
+    if kept is not None:
+        try:
+            check_kept_config(output, kept, model_config)
+        except BundleError as e:
+            raise ConversionError(str(e)) from e
     listing = source.listing()
-    cov = check_listing(cfg, listing, checkpoint, source=", ".join(source.paths))
+    cov = check_listing(cfg, listing, checkpoint, source=", ".join(source.paths), components=[c.name for c in comps])
     if cov.has_problems:
         raise ConversionError("\n".join(["the checkpoint does not match the config:"] + cov.lines()))
-    if cov.pending and not carry_unsupported:
-        raise ConversionError("\n".join(cov.lines() + [
-            "this version cannot convert every component of the checkpoint; pass --carry-unsupported to convert "
-            "the supported ones and carry the rest unchanged in the bundle's reference_extras/"]))
-    concrete = combine_tables(*[t for c in comps for t in c.mapping_tables(cfg)])
-    carried = [k for keys in cov.pending.values() for k in keys]
-    _, state = abstract_state(checkpoint, cfg)
+    concrete = combine_tables(*[t for c in comps for t in c.mapping_tables(cfg, cov.layouts[c.name])])
+    _, state = abstract_state(checkpoint, cfg, [c.name for c in comps])
     flat = flat_abstract(state)
     leaves, uncovered = plan_leaves(flat, concrete, lambda k: listing[k][1], dtype)
     if uncovered:
@@ -348,15 +375,16 @@ def torch_to_bundle(source: ReferenceCheckpoint, output: str, model_config, *, c
                               f"e.g. {[_p(p) for p in uncovered[:8]]}")
     extras = [TensorSpec(c.torch, tuple(listing[c.torch][0]), listing[c.torch][1])
               for c in concrete if c.transform is None]
-    extras += [TensorSpec(k, tuple(listing[k][0]), listing[k][1]) for k in carried]
-    names = [c.torch for c in concrete] + carried
+    names = [c.torch for c in concrete]
     total = sum(TensorSpec(k, tuple(listing[k][0]), listing[k][1]).nbytes for k in names)
     notes = []
-    if carried:
-        notes.append(f"carried unconverted in {EXTRAS_DIR}/: " + ", ".join(
-            f"{n} ({len(k)} tensors)" for n, k in cov.pending.items()))
-    output = os.path.abspath(output)
-    with staged_directory(output, overwrite=overwrite) as staging:
+    if cov.skipped:
+        notes.append("skipped (component not selected): " + ", ".join(
+            f"{n} ({len(k)} tensors)" for n, k in cov.skipped.items()))
+    if kept is not None:
+        others = [k for k in kept["checkpoints"] if k != checkpoint]
+        notes.append(f"written into the existing bundle, keeping its {' and '.join(others)} checkpoint")
+    with staged_bundle(output, checkpoint, kept, overwrite=overwrite) as staging:
         extras_writer = None
         if extras:
             os.makedirs(os.path.join(staging, EXTRAS_DIR), exist_ok=True)
@@ -373,10 +401,6 @@ def torch_to_bundle(source: ReferenceCheckpoint, output: str, model_config, *, c
                     await write_concrete(target, c, t)
                 prog.update(t.nbytes)
                 del t
-            for k in carried:
-                t = source.get(k)
-                extras_writer.write(k, t)
-                prog.update(t.nbytes)
 
         try:
             save_tree(os.path.join(staging, CHECKPOINT_DIRS[checkpoint]), traverse_util.unflatten_dict(leaves),
@@ -389,19 +413,27 @@ def torch_to_bundle(source: ReferenceCheckpoint, output: str, model_config, *, c
             raise
         finally:
             seconds = prog.close()
-        _copy_reference_side_files(source.directories, os.path.join(staging, EXTRAS_DIR))
-        tok = bundle_tokenizer(staging, tokenizer, source.directories)
+        tok = []
+        if checkpoint == "model":
+            _copy_reference_side_files(source.directories, os.path.join(staging, EXTRAS_DIR))
+            tok = bundle_tokenizer(staging, tokenizer, source.directories)
+        elif tokenizer is not None:
+            notes.append("--tokenizer ignored: tokenizer files belong with the model checkpoint")
         extras_dir = os.path.join(staging, EXTRAS_DIR)
+        origin = "torch: " + ", ".join(os.path.basename(os.path.normpath(p)) for p in source.paths)
+        if source.stripped:
+            origin += f" (wrapper prefix {sorted(set(source.stripped.values()))} removed)"
         info = make_info(
             components=[c.name for c in comps],
             checkpoints={checkpoint: {"directory": CHECKPOINT_DIRS[checkpoint],
-                                      "dtypes": dtype_summary(leaf.dtype for leaf in leaves.values())}},
+                                      "dtypes": dtype_summary(leaf.dtype for leaf in leaves.values()),
+                                      "source": origin}},
             tokenizer=tok,
             reference_dtypes={checkpoint: compress_dtypes({k: listing[k][1] for k in names})},
+            reference_layout={n: v for n, v in cov.layouts.items() if v},
             extras=sorted(os.listdir(extras_dir)) if os.path.isdir(extras_dir) else [],
-            carried_unsupported={n: len(k) for n, k in cov.pending.items()} if carried else {},
-            source="torch: " + ", ".join(os.path.basename(os.path.normpath(p)) for p in source.paths))
-        finish_bundle(staging, model_config, info)
+            source=origin)
+        finish_bundle(staging, model_config, merge_info(kept, info, checkpoint))
     return ConversionResult(output, len(names), total, seconds, notes, cov)
 
 
@@ -424,34 +456,44 @@ def carried_config_matches(cfg: ModelConfig, carried_path: str) -> bool:
 def bundle_to_torch(bundle: str, output: str, *, checkpoint: str = "model", dtype: Any = None,
                     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, overwrite: bool = False,
                     progress: bool = False) -> ConversionResult:
-    """Writes a bundle's ``checkpoint`` as a Hugging Face style safetensors directory.
+    """Writes a bundle's ``checkpoint`` in the reference layout.
 
-    Names and shapes are exactly the reference's; each tensor gets the dtype it had in the
-    reference checkpoint the bundle came from (recorded in ``bundle.json``), else the stored
-    parameter's dtype, unless ``dtype`` is given.
+    ``"model"``: a Hugging Face style safetensors directory (shards + index, ``config.json``,
+    tokenizer files). ``"vocoder"``: one ``hift.pt``-layout file, ``.safetensors`` (streamed) or
+    ``.pt`` (needs torch; ``torch.save`` holds the state in memory), under the weight-norm naming
+    the vocoder came with. Names and shapes are exactly the reference's; each tensor gets the
+    dtype it had in the reference checkpoint the bundle came from (recorded in ``bundle.json``),
+    else the stored parameter's dtype, unless ``dtype`` is given.
     """
     info = read_bundle_info(bundle)
     if checkpoint not in info.get("checkpoints", {}):
         raise ConversionError(f"bundle {bundle} has no {checkpoint} checkpoint "
                               f"(it has {sorted(info.get('checkpoints', {}))})")
+    single_file = checkpoint != "model"
+    if single_file and not is_checkpoint_file_name(output):
+        raise ConversionError(f"the {checkpoint} checkpoint is one file: name the output .safetensors or .pt "
+                              f"(e.g. hift.safetensors), got {output}")
+    if not single_file and is_checkpoint_file_name(output):
+        raise ConversionError(f"the model checkpoint is written as a Hugging Face style directory; {output} names a "
+                              "file")
     model_config = bundle_model_config(bundle)
     cfg = ModelConfig.from_config(model_config)
     present = info.get("components", [])
-    foreign = [n for n in present if n not in COMPONENTS and n != "vocoder"]
+    foreign = [n for n in present if n not in COMPONENTS]
     if foreign:
         raise ConversionError(f"bundle {bundle} holds component(s) {foreign} that this version does not know")
     comps = [c for c in components_of(checkpoint) if c.name in present]
     if not comps:
-        require_checkpoint_support(checkpoint)
         raise ConversionError(f"bundle {bundle} holds none of the {checkpoint} components")
     notes = []
     lacking = [c.name for c in components_of(checkpoint) if c.name not in present]
     if lacking:
         notes.append(f"the bundle lacks component(s) {lacking}: their reference tensors are not written")
-    concrete = combine_tables(*[t for c in comps for t in c.mapping_tables(cfg)])
+    layouts = info.get("reference_layout", {})
+    concrete = combine_tables(*[t for c in comps for t in c.mapping_tables(cfg, layouts.get(c.name))])
     params = OrbaxParams(os.path.join(bundle, info["checkpoints"][checkpoint].get(
         "directory", CHECKPOINT_DIRS[checkpoint])))
-    _, state = abstract_state(checkpoint, cfg, [c.name for c in comps] if checkpoint == "model" else None)
+    _, state = abstract_state(checkpoint, cfg, [c.name for c in comps])
     shapes = {p: tuple(v.shape) for p, v in flat_abstract(state).items()}
     problems = []
     for p, shape in shapes.items():
@@ -482,55 +524,60 @@ def bundle_to_torch(bundle: str, output: str, *, checkpoint: str = "model", dtyp
         else:
             dt = override or np.dtype(expand_dtype(ref_dtypes, c.torch) or params.dtype(c.slots[0].path))
         specs.append(TensorSpec(c.torch, tuple(expected[c.torch]), dt))
-    mapped_names = {c.torch for c in concrete}
-    carried = [k for k in (extras.keys() if extras is not None else []) if k not in mapped_names]
-    specs += [TensorSpec(k, extras.infos[k].shape, override or extras.infos[k].dtype) for k in carried]
+    unexpected = [k for k in (extras.keys() if extras is not None else []) if k not in {c.torch for c in concrete}]
+    if unexpected:
+        raise ConversionError(f"{extras_file} holds tensor(s) no mapping table names, e.g. {unexpected[:4]}")
     if zeros:
         notes.append(f"{len(zeros)} unused reference tensor(s) are not in the bundle and were written as zeros "
                      f"(the reference ignores their values), e.g. {zeros[0]}")
-    if carried:
-        notes.append(f"{len(carried)} tensor(s) carried unconverted in the bundle written back unchanged")
     output = os.path.abspath(output)
-    with staged_directory(output, overwrite=overwrite) as staging:
-        writer = HFCheckpointWriter(staging, specs, max_shard_bytes=max_shard_bytes)
-        prog = Progress(f"bundle -> torch ({checkpoint})", sum(s.nbytes for s in specs), len(specs), progress)
-        try:
-            for c, spec in zip(concrete, specs):
-                if c.transform is None:
-                    t = extras.get(c.torch) if c.torch not in zeros else np.zeros(spec.shape, spec.dtype)
-                else:
-                    t = c.transform.to_torch([params.read(s.path, s.index) for s in c.slots])
-                writer.write(spec.name, t.astype(spec.dtype, copy=False))
-                prog.update(spec.nbytes)
-                del t
-            for spec in specs[len(concrete):]:
-                writer.write(spec.name, extras.get(spec.name).astype(spec.dtype, copy=False))
-                prog.update(spec.nbytes)
-            writer.close()
-        except BaseException:
-            writer.abort()
-            raise
-        finally:
-            seconds = prog.close()
-        if checkpoint == "model":
-            carried_cfg = os.path.join(bundle, EXTRAS_DIR, "config.json")
-            if os.path.exists(carried_cfg) and carried_config_matches(cfg, carried_cfg):
-                shutil.copy2(carried_cfg, os.path.join(staging, "config.json"))
-                notes.append("config.json: the reference config carried in the bundle")
-            else:
-                write_json(os.path.join(staging, "config.json"), reference_config_from_model(cfg))
-                notes.append("config.json: written from the bundle's config" + (
-                    " (the carried reference config describes a different model)"
-                    if os.path.exists(carried_cfg) else ""))
-        for name in REFERENCE_SIDE_FILES:
-            src = os.path.join(bundle, EXTRAS_DIR, name)
-            if name != "config.json" and os.path.isfile(src):
-                shutil.copy2(src, os.path.join(staging, name))
-        tok = os.path.join(bundle, TOKENIZER_DIR)
-        if os.path.isdir(tok):
-            for f in sorted(os.listdir(tok)):
-                shutil.copy2(os.path.join(tok, f), os.path.join(staging, f))
+    prog = Progress(f"bundle -> torch ({checkpoint})", sum(s.nbytes for s in specs), len(specs), progress)
+    staged = staged_file(output, overwrite=overwrite) if single_file else staged_directory(output, overwrite=overwrite)
+    try:
+        with staged as staging:
+            writer = (file_writer(staging, specs, name=output) if single_file
+                      else HFCheckpointWriter(staging, specs, max_shard_bytes=max_shard_bytes))
+            try:
+                for c, spec in zip(concrete, specs):
+                    if c.transform is None:
+                        t = extras.get(c.torch) if c.torch not in zeros else np.zeros(spec.shape, spec.dtype)
+                    else:
+                        t = c.transform.to_torch([params.read(s.path, s.index) for s in c.slots])
+                    writer.write(spec.name, t.astype(spec.dtype, copy=False))
+                    prog.update(spec.nbytes)
+                    del t
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+            if not single_file:
+                notes += _write_model_side_files(bundle, staging, cfg)
+    finally:
+        seconds = prog.close()
     return ConversionResult(output, len(specs), sum(s.nbytes for s in specs), seconds, notes)
+
+
+def _write_model_side_files(bundle: str, staging: str, cfg: ModelConfig) -> list[str]:
+    """config.json (the carried reference config if it still describes the model, else written from
+    the bundle's config), generation_config.json and the tokenizer files next to the weights."""
+    notes = []
+    carried_cfg = os.path.join(bundle, EXTRAS_DIR, "config.json")
+    if os.path.exists(carried_cfg) and carried_config_matches(cfg, carried_cfg):
+        shutil.copy2(carried_cfg, os.path.join(staging, "config.json"))
+        notes.append("config.json: the reference config carried in the bundle")
+    else:
+        write_json(os.path.join(staging, "config.json"), reference_config_from_model(cfg))
+        notes.append("config.json: written from the bundle's config" + (
+            " (the carried reference config describes a different model)" if os.path.exists(carried_cfg) else ""))
+    for name in REFERENCE_SIDE_FILES:
+        src = os.path.join(bundle, EXTRAS_DIR, name)
+        if name != "config.json" and os.path.isfile(src):
+            shutil.copy2(src, os.path.join(staging, name))
+    tok = os.path.join(bundle, TOKENIZER_DIR)
+    if os.path.isdir(tok):
+        for f in sorted(os.listdir(tok)):
+            shutil.copy2(os.path.join(tok, f), os.path.join(staging, f))
+    return notes
 
 
 def concrete_param(concrete: Sequence[Concrete]) -> Path:

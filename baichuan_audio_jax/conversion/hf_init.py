@@ -1,10 +1,11 @@
 """A model bundle for new pretraining, initialised from Hugging Face checkpoints.
 
 The LLM and LM head come from a Qwen2/Qwen2.5 checkpoint (``Qwen2ForCausalLM`` names, mapping
-table ``hf_qwen2``); every parameter no source provides (the audio embeddings and audio head,
-and the other audio components as they are added) is freshly initialised exactly as the model
-initialises it. Sources are registered in :data:`INIT_SOURCES`: the audio encoder from a
-Whisper checkpoint is added there with the audio tokenizer component.
+table ``hf_qwen2``), the audio encoder from a Whisper checkpoint (``WhisperModel``,
+``WhisperForConditionalGeneration`` or a bare ``WhisperEncoder``; mapping table ``hf_whisper``);
+every parameter no source provides (the audio embeddings and audio head, the VQ bridge and audio
+decoder, flow matching) is freshly initialised exactly as the model initialises it. Sources are
+registered in :data:`INIT_SOURCES`.
 
 Qwen2 specifics, handled explicitly and reported:
 
@@ -15,6 +16,10 @@ Qwen2 specifics, handled explicitly and reported:
   checkpoint's rows (as ``transformers``' ``resize_token_embeddings`` does). A checkpoint with more
   rows than the config is an error;
 * the checkpoint's ``config.json`` must describe the same decoder as the model config.
+
+Whisper specifics: the encoder's prefix is detected (``encoder.``, ``model.encoder.`` or none);
+the decoder and ``proj_out`` tensors are not used (counted in a note); the checkpoint's
+``config.json`` must describe the same encoder as ``model.audio_encoder``, field by field.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ from flax import nnx, traverse_util
 
 from baichuan_audio_jax.bundle import CHECKPOINT_DIRS, checkpoint_model, dtype_summary, finish_bundle, make_info
 from baichuan_audio_jax.config import ModelConfig
-from baichuan_audio_jax.conversion.components import COMPONENTS, TableRef, UnsupportedComponentError, components_of
+from baichuan_audio_jax.conversion.components import COMPONENTS, TableRef, components_of
 from baichuan_audio_jax.conversion.convert import (
     ConversionError,
     ConversionResult,
@@ -45,7 +50,8 @@ from baichuan_audio_jax.conversion.convert import (
 )
 from baichuan_audio_jax.conversion.mapping import combine_tables
 from baichuan_audio_jax.conversion.orbax_io import DEFAULT_MAX_INFLIGHT_BYTES, StreamedArray, StreamTarget, save_tree
-from baichuan_audio_jax.conversion.tables import hf_qwen2_table
+from baichuan_audio_jax.conversion.tables import hf_qwen2_table, hf_whisper_table
+from baichuan_audio_jax.conversion.tables.hf_whisper import encoder_config_from_hf, whisper_encoder_prefix
 from baichuan_audio_jax.conversion.torch_io import ReferenceCheckpoint
 from baichuan_audio_jax.staging import staged_directory
 
@@ -132,23 +138,90 @@ def check_qwen2_config(hf: Mapping[str, Any], cfg: ModelConfig, where: str) -> N
         raise ConversionError(f"{where} describes a different decoder than the config: " + "; ".join(bad))
 
 
+# Tensors of a Hugging Face Whisper checkpoint outside the encoder: the text decoder and the output
+# projection (tied to the decoder's embedding), under each model class's prefix.
+WHISPER_UNUSED_PREFIXES = ("decoder.", "model.decoder.", "proj_out.")
+WHISPER_TABLE_PREFIX = "encoder."  # the names the hf_whisper table is built with
+
+
+class WhisperView:
+    """A Whisper checkpoint as the ``hf_whisper`` table expects it: the encoder's tensors under
+    ``encoder.`` whatever the model class, the decoder and ``proj_out`` left out (and counted)."""
+
+    def __init__(self, ckpt: ReferenceCheckpoint, cfg: ModelConfig):
+        self.ckpt = ckpt
+        self.paths = ckpt.paths
+        self.directories = ckpt.directories
+        self.notes: list[str] = []
+        where = ckpt.config_path or ", ".join(ckpt.paths)
+        try:
+            self.prefix = whisper_encoder_prefix(ckpt.keys())
+        except KeyError as e:
+            raise ConversionError(f"{', '.join(ckpt.paths)}: {e.args[0]}; is this a Whisper checkpoint?") from e
+        if ckpt.config:
+            check_whisper_config(ckpt.config, cfg, where)
+        else:
+            self.notes.append("no config.json beside the Whisper weights: the encoder geometry is checked from "
+                              "shapes only")
+        self._names: dict[str, str] = {}
+        ignored = []
+        for k in ckpt.keys():
+            if self.prefix and k.startswith(self.prefix):
+                self._names[WHISPER_TABLE_PREFIX + k[len(self.prefix):]] = k
+            elif not self.prefix and not k.startswith(WHISPER_UNUSED_PREFIXES):
+                self._names[WHISPER_TABLE_PREFIX + k] = k
+            elif k.startswith(WHISPER_UNUSED_PREFIXES):
+                ignored.append(k)
+            else:
+                self._names[k] = k  # neither encoder nor decoder: reported as unknown by the coverage check
+        if ignored:
+            self.notes.append(f"Whisper decoder and output projection not used ({len(ignored)} tensors)")
+
+    def listing(self) -> dict[str, tuple]:
+        info = self.ckpt.listing()
+        return {name: info[k] for name, k in self._names.items()}
+
+    def get(self, name: str) -> np.ndarray:
+        return self.ckpt.get(self._names[name])
+
+
+def check_whisper_config(hf: Mapping[str, Any], cfg: ModelConfig, where: str) -> None:
+    """A HF ``WhisperConfig`` (as a dict) must describe the model's audio encoder, field by field."""
+    if hf.get("model_type") not in (None, "whisper"):
+        raise ConversionError(f"{where}: model_type {hf.get('model_type')!r}; expected a Whisper checkpoint "
+                              "(model_type 'whisper')")
+    try:
+        theirs = encoder_config_from_hf(hf)
+    except KeyError as e:
+        raise ConversionError(f"{where}: no {e.args[0]!r} in the Whisper config") from e
+    except ValueError as e:
+        raise ConversionError(f"{where}: {e}") from e
+    enc = cfg.audio_encoder
+    bad = [f"{k}: checkpoint {v}, config audio_encoder.{k} {getattr(enc, k)}" for k, v in theirs.items()
+           if v != getattr(enc, k)]
+    if not math.isclose(enc.layer_norm_eps, 1e-5, rel_tol=1e-9):
+        bad.append(f"layer_norm_eps: Whisper uses 1e-05, config audio_encoder.layer_norm_eps {enc.layer_norm_eps}")
+    if bad:
+        raise ConversionError(f"{where} describes a different encoder than the config: " + "; ".join(bad))
+
+
 @dataclasses.dataclass(frozen=True)
 class InitSource:
     """A Hugging Face checkpoint family that initialises (part of) a registered component.
 
-    ``ignore``: key prefixes of the checkpoint the model does not take (e.g. a Whisper decoder);
-    ``view``: wraps the checkpoint to present what the table expects (e.g. :class:`Qwen2View`).
+    ``view``: wraps the checkpoint to present what the table expects (e.g. :class:`Qwen2View`,
+    :class:`WhisperView`: aliases, padding, tensors the model does not take left out with a note).
     """
 
     name: str
     component: str
     table: TableRef
-    ignore: tuple = ()
     view: Callable[[ReferenceCheckpoint, ModelConfig], Any] | None = None
 
 
 INIT_SOURCES: dict[str, InitSource] = {
     "qwen2": InitSource("qwen2", "llm", TableRef(hf_qwen2_table), view=Qwen2View),
+    "whisper": InitSource("whisper", "audio_tokenizer", TableRef(hf_whisper_table), view=WhisperView),
 }
 
 
@@ -185,17 +258,14 @@ def group_by_bytes(items: Sequence[tuple], sizes: Sequence[int], budget: int) ->
 def init_from_hf(sources: Mapping[str, str | os.PathLike], output: str, model_config, *, seed: int = 0,
                  dtype: Any = None, tokenizer: str | None = None, overwrite: bool = False, progress: bool = False,
                  max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES) -> ConversionResult:
-    """Builds a full-model bundle from Hugging Face checkpoints (``{"qwen2": DIR, ...}``).
+    """Builds a full-model bundle from Hugging Face checkpoints (``{"qwen2": DIR, "whisper": DIR}``).
 
     Parameters the sources provide keep their checkpoint dtype (or ``dtype``); fresh ones get the
-    config's ``param_dtype`` (or ``dtype``). Tokenizer files are taken from ``tokenizer`` or from
-    the first source directory that has them.
+    config's ``param_dtype`` (or ``dtype``). Text tokenizer files are taken from ``tokenizer`` or
+    from the Qwen2 source directory, if it has them.
     """
     cfg = ModelConfig.from_config(model_config)
     unknown = [n for n in sources if n not in INIT_SOURCES]
-    if "whisper" in unknown:
-        raise UnsupportedComponentError("--init-from-whisper: the audio encoder is not available in this version "
-                                        "(initialising it from Whisper arrives with the audio tokenizer)")
     if unknown:
         raise ConversionError(f"unknown initialisation source(s) {unknown}; known: {sorted(INIT_SOURCES)}")
     _, state = abstract_state("model", cfg)
@@ -204,14 +274,12 @@ def init_from_hf(sources: Mapping[str, str | os.PathLike], output: str, model_co
     plans, leaves, notes = [], {}, []
     for name, path in sources.items():
         spec = INIT_SOURCES[name]
-        comp = COMPONENTS.get(spec.component)
-        if comp is None or comp not in components_of("model"):
-            raise UnsupportedComponentError(f"initialising from {name}: component {spec.component} is not available")
+        comp = COMPONENTS[spec.component]
         ckpt = ReferenceCheckpoint(path)
         view = spec.view(ckpt, cfg) if spec.view is not None else ckpt
         notes += getattr(view, "notes", [])
         listing = view.listing()
-        keys = [k for k in listing if not (spec.ignore and k.startswith(tuple(spec.ignore)))]
+        keys = list(listing)
         concrete = combine_tables(spec.table.fn(cfg, tuple(comp.model_path) + tuple(spec.table.sub_path)))
         cov = Coverage(f"{name} initialisation", ", ".join(ckpt.paths), len(keys))
         coverage_of(cov, name, concrete, shapes, listing, keys)
@@ -254,7 +322,11 @@ def init_from_hf(sources: Mapping[str, str | os.PathLike], output: str, model_co
                       produce, max_inflight_bytes=max_inflight_bytes)
         finally:
             seconds = prog.close()
-        tok = bundle_tokenizer(staging, tokenizer, [d for v, _ in plans for d in v.directories])
+        # Text tokenizer files only from the text model's source (a Whisper directory may hold
+        # Whisper's own tokenizer, which is not the LLM's).
+        text_dirs = [d for name, (v, _) in zip(sources, plans) if INIT_SOURCES[name].component == "llm"
+                     for d in v.directories]
+        tok = bundle_tokenizer(staging, tokenizer, text_dirs)
         info = make_info(
             components=[c.name for c in components_of("model")],
             checkpoints={"model": {"directory": CHECKPOINT_DIRS["model"],

@@ -1,18 +1,28 @@
 """Reference (PyTorch-side) checkpoint files.
 
+This module is the one reader of reference weights in the package (conversion, the tokenizer
+and vocoder runtimes, ``tokenize``/``detokenize``/``vocode --weights``, the parity fixtures).
+
 Reading: a Hugging Face style directory (``model.safetensors``, or sharded
 ``model-XXXXX-of-YYYYY.safetensors`` + ``model.safetensors.index.json``; the ``pytorch_model.bin``
-equivalents), a single ``.safetensors`` file, or a ``.pt``/``.bin``/``.pth`` state_dict (read
-with torch, only when it is installed). Tensors are read one at a time, exactly (bfloat16 stays
-bfloat16, as an ``ml_dtypes`` array); listing names, shapes and dtypes of safetensors files reads
-only their headers. A ``name -> shape`` JSON listing (the format of ``real_config_shapes.json``,
-or a flat mapping) is read by :func:`read_shape_listing`.
+equivalents; or simply a directory of ``*.safetensors`` files), a single ``.safetensors`` file,
+or a ``.pt``/``.bin``/``.pth`` state_dict (read with torch, only when it is installed; a
+``{"state_dict": ...}`` wrapper is unwrapped). :class:`ReferenceCheckpoint` reads tensors one at
+a time, exactly (bfloat16 stays bfloat16, as an ``ml_dtypes`` array), can restrict itself to key
+prefixes (picking the audio tokenizer out of a 20 GB checkpoint reads only its tensors) and
+strips wrapper-module prefixes (``hifigan_generator.`` of the reference's vocoder wrapper);
+listing names, shapes and dtypes of safetensors files reads only their headers.
+:func:`read_tensors` loads a (filtered) checkpoint into memory as float32 for running a model. A
+``name -> shape`` JSON listing (the format of ``real_config_shapes.json``, or a flat mapping) is
+read by :func:`read_shape_listing`.
 
 Writing: :class:`HFCheckpointWriter` writes a Hugging Face style sharded safetensors directory one
-tensor at a time. The ``safetensors`` package serialises a whole file from memory; here the
-header is written first from the declared names, shapes and dtypes, then each tensor's bytes are
-appended as it is produced, so memory stays at one tensor whatever the file size. The result is
-an ordinary safetensors file (tests read it back with ``safetensors`` and torch).
+tensor at a time (:class:`SafetensorsWriter` a single file; :class:`TorchStateDictWriter` a
+``.pt`` state_dict with torch, which holds the whole state in memory as ``torch.save`` needs).
+The ``safetensors`` package serialises a whole file from memory; here the header is written first
+from the declared names, shapes and dtypes, then each tensor's bytes are appended as it is
+produced, so memory stays at one tensor whatever the file size. The result is an ordinary
+safetensors file (tests read it back with ``safetensors`` and torch).
 """
 from __future__ import annotations
 
@@ -139,6 +149,8 @@ class _TorchFile:
                 sd = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
         except Exception as e:  # torch raises many types for a bad file
             raise CheckpointError(f"{path}: cannot be read as a PyTorch state_dict ({type(e).__name__}: {e})") from e
+        if isinstance(sd, Mapping) and isinstance(sd.get("state_dict"), Mapping):
+            sd = sd["state_dict"]  # a training checkpoint wrapping the state_dict
         if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
             top = list(sd)[:8] if isinstance(sd, Mapping) else type(sd).__name__
             raise CheckpointError(f"{path}: expected a state_dict (a mapping of names to tensors), found {top}")
@@ -197,8 +209,11 @@ def _directory_files(d: str) -> list[tuple[str, list[str] | None]]:
     for single in (SAFETENSORS_SINGLE, BIN_SINGLE):
         if os.path.exists(os.path.join(d, single)):
             return [(os.path.join(d, single), None)]
-    raise CheckpointError(f"{d}: no {SAFETENSORS_SINGLE}, {SAFETENSORS_INDEX}, {BIN_SINGLE} or {BIN_INDEX}; "
-                          "is this a Hugging Face model directory?")
+    plain = sorted(f for f in os.listdir(d) if f.endswith(".safetensors") and not f.startswith("."))
+    if plain:  # a directory of safetensors files without an index: their union
+        return [(os.path.join(d, f), None) for f in plain]
+    raise CheckpointError(f"{d}: no {SAFETENSORS_SINGLE}, {SAFETENSORS_INDEX}, {BIN_SINGLE}, {BIN_INDEX} or other "
+                          "*.safetensors files; is this a Hugging Face model directory?")
 
 
 class ReferenceCheckpoint:
@@ -208,18 +223,27 @@ class ReferenceCheckpoint:
     files must hold identical data there (the parity fixtures repeat the audio embeddings);
     anything else is an error naming the key and both files. ``config`` is the directory's
     ``config.json`` (the first one found), if any.
+
+    ``prefixes``: only tensors whose (presented) name starts with one of them are visible (the
+    others' bytes are never read). ``wrapper_prefixes``: when every key of a file starts with one
+    of these, the file's keys are presented without it (e.g. ``hifigan_generator.`` of a vocoder
+    saved through its wrapper module); :attr:`stripped` records what was removed per file.
     """
 
-    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike]):
+    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike], *,
+                 prefixes: Sequence[str] | None = None, wrapper_prefixes: Sequence[str] = ()):
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         self.paths = [os.fspath(p) for p in paths]
         if not self.paths:
             raise CheckpointError("no checkpoint path given")
+        prefixes = tuple(prefixes) if prefixes is not None else None
         self.config: dict | None = None
         self.config_path: str | None = None
         self.directories: list[str] = []
         self.infos: dict[str, TensorInfo] = {}
+        self.stripped: dict[str, str] = {}  # file -> wrapper prefix removed from its keys
+        self._stored: dict[tuple[str, str], str] = {}  # (file, presented name) -> name in the file
         self._files: dict[str, Any] = {}
         duplicates: list[tuple[str, str, str]] = []
         for path in self.paths:
@@ -245,18 +269,24 @@ class ReferenceCheckpoint:
                     if extra:
                         raise CheckpointError(f"{fpath}: tensor {extra[0]} is in the file but the index does not "
                                               f"list it there ({len(extra)} such)")
-                for k, info in f.infos.items():
+                wrapper = next((w for w in wrapper_prefixes if f.infos and all(k.startswith(w) for k in f.infos)), "")
+                if wrapper:
+                    self.stripped[fpath] = wrapper
+                for stored, info in f.infos.items():
+                    k = stored[len(wrapper):]
+                    if prefixes is not None and not k.startswith(prefixes):
+                        continue
+                    self._stored[(fpath, k)] = stored
                     if k in self.infos:
                         duplicates.append((k, self.infos[k].file, fpath))
                     else:
                         self.infos[k] = info
         for k, first, second in duplicates:
-            a_info, b_info = self.infos[k], self._files[second].infos[k]
+            a_info, b_info = self.infos[k], self._files[second].infos[self._stored[(second, k)]]
             if (a_info.shape, a_info.dtype) != (b_info.shape, b_info.dtype):
                 raise CheckpointError(f"tensor {k} is {a_info.shape} {a_info.dtype} in {first} but "
                                       f"{b_info.shape} {b_info.dtype} in {second}")
-            if not np.array_equal(self._files[first].get(k).view(np.uint8),
-                                  self._files[second].get(k).view(np.uint8)):
+            if not np.array_equal(self._read(first, k).view(np.uint8), self._read(second, k).view(np.uint8)):
                 raise CheckpointError(f"tensor {k} holds different values in {first} and {second}")
 
     def __repr__(self) -> str:
@@ -265,6 +295,9 @@ class ReferenceCheckpoint:
     def __contains__(self, name: str) -> bool:
         return name in self.infos
 
+    def __len__(self) -> int:
+        return len(self.infos)
+
     def keys(self) -> list[str]:
         return list(self.infos)
 
@@ -272,19 +305,40 @@ class ReferenceCheckpoint:
         """name -> (shape, dtype), from the headers only."""
         return {k: (i.shape, i.dtype) for k, i in self.infos.items()}
 
+    def _read(self, file: str, name: str) -> np.ndarray:
+        return self._files[file].get(self._stored[(file, name)])
+
     def get(self, name: str) -> np.ndarray:
         """One tensor, exactly as stored."""
         info = self.infos.get(name)
         if info is None:
             raise CheckpointError(f"tensor {name} is not in {', '.join(self.paths)}")
-        a = self._files[info.file].get(name)
+        a = self._read(info.file, name)
         if tuple(a.shape) != info.shape or a.dtype != info.dtype:
             raise CheckpointError(f"{info.file}: tensor {name} reads as {a.shape} {a.dtype}, "
                                   f"header says {info.shape} {info.dtype}")
         return a
 
+    __getitem__ = get
+
     def largest_tensor_bytes(self) -> int:
         return max((i.nbytes for i in self.infos.values()), default=0)
+
+
+def as_float32(a: np.ndarray) -> np.ndarray:
+    """Floating-point arrays as float32 (bfloat16 and float16 up-cast exactly); others unchanged."""
+    return a.astype(np.float32) if is_float_dtype(a.dtype) and a.dtype != np.float32 else a
+
+
+def read_tensors(source: str | os.PathLike | Sequence[str | os.PathLike] | ReferenceCheckpoint, *,
+                 prefixes: Sequence[str] | None = None, wrapper_prefixes: Sequence[str] = (),
+                 float32: bool = True) -> dict[str, np.ndarray]:
+    """Every (prefix-selected) tensor of a reference checkpoint in memory, by name; with
+    ``float32``, floating-point tensors up-cast to float32 (exact), as a float32 model loads them."""
+    ckpt = source if isinstance(source, ReferenceCheckpoint) else ReferenceCheckpoint(
+        source, prefixes=prefixes, wrapper_prefixes=wrapper_prefixes)
+    keys = [k for k in ckpt.keys() if prefixes is None or k.startswith(tuple(prefixes))]
+    return {k: as_float32(ckpt.get(k)) if float32 else ckpt.get(k) for k in keys}
 
 
 # ----------------------------------------------------------------------------- listings
@@ -471,3 +525,69 @@ class HFCheckpointWriter:
 
 def total_bytes(specs: Iterable[TensorSpec]) -> int:
     return sum(s.nbytes for s in specs)
+
+
+def _numpy_to_torch(a: np.ndarray):
+    import torch
+
+    a = np.ascontiguousarray(a)
+    if a.dtype == np.dtype(ml_dtypes.bfloat16):
+        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+    if a.dtype in (np.dtype(ml_dtypes.float8_e4m3fn), np.dtype(ml_dtypes.float8_e5m2)):
+        target = torch.float8_e4m3fn if a.dtype == np.dtype(ml_dtypes.float8_e4m3fn) else torch.float8_e5m2
+        return torch.from_numpy(a.view(np.uint8).copy()).view(target)
+    return torch.from_numpy(a.copy())
+
+
+class TorchStateDictWriter:
+    """A PyTorch ``.pt`` state_dict (``torch.save`` of an ordered name -> tensor mapping), written
+    in the declared order. ``torch.save`` serialises the whole mapping at once, so the tensors are
+    held in memory until :meth:`close`; prefer safetensors for large checkpoints."""
+
+    def __init__(self, path: str, specs: Sequence[TensorSpec]):
+        try:
+            import torch  # noqa: F401
+        except ImportError as e:
+            raise CheckpointError(f"{path}: writing a .pt file needs PyTorch, which is not installed (install the "
+                                  "`torch` extra, or write .safetensors)") from e
+        self.path = path
+        self._specs = list(specs)
+        self._tensors: dict[str, Any] = {}
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        n = len(self._tensors)
+        if n >= len(self._specs) or self._specs[n].name != name:
+            raise CheckpointError(f"{self.path}: tensor {name} is not the next declared tensor")
+        s = self._specs[n]
+        if tuple(array.shape) != tuple(s.shape) or array.dtype != np.dtype(s.dtype):
+            raise CheckpointError(f"{self.path}: tensor {name} is {tuple(array.shape)} {array.dtype}, "
+                                  f"declared {tuple(s.shape)} {np.dtype(s.dtype)}")
+        self._tensors[name] = _numpy_to_torch(array)
+
+    def close(self) -> None:
+        import collections
+
+        import torch
+
+        if len(self._tensors) != len(self._specs):
+            raise CheckpointError(f"{self.path}: only {len(self._tensors)} of {len(self._specs)} tensors were written")
+        torch.save(collections.OrderedDict(self._tensors), self.path)
+        self._tensors.clear()
+
+    def abort(self) -> None:
+        self._tensors.clear()
+
+
+def is_checkpoint_file_name(name: str) -> bool:
+    return name.endswith((".safetensors",) + TORCH_SUFFIXES)
+
+
+def file_writer(path: str, specs: Sequence[TensorSpec], *, name: str | None = None):
+    """A single-file writer at ``path`` chosen by the file name ``name`` (default: ``path``):
+    ``.safetensors`` (streamed) or ``.pt``/``.bin``/``.pth`` (torch)."""
+    name = name or path
+    if name.endswith(".safetensors"):
+        return SafetensorsWriter(path, specs, {"format": "pt"})
+    if name.endswith(TORCH_SUFFIXES):
+        return TorchStateDictWriter(path, specs)
+    raise CheckpointError(f"{name}: unsupported file type (expected .safetensors, .pt, .bin or .pth)")

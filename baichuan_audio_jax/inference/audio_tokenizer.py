@@ -22,7 +22,7 @@ axis the same way.
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,14 +31,10 @@ from flax import nnx
 
 from baichuan_audio_jax.audio.whisper_logmel import LogMelConfig, load_waveform, log_mel, split_chunks
 from baichuan_audio_jax.config import ModelConfig
-from baichuan_audio_jax.conversion.loading import load_model
-from baichuan_audio_jax.conversion.mapping import combine_tables
-from baichuan_audio_jax.conversion.tables.audio_tokenizer import REFERENCE_PREFIX, audio_tokenizer_tables
+from baichuan_audio_jax.conversion.loading import load_component
 from baichuan_audio_jax.models.audio_tokenizer import AudioTokenizer
 from baichuan_audio_jax.models.pure import init_model, pure
 from baichuan_audio_jax.models.vq_bridge import NUM_CODEBOOKS
-
-REFERENCE_PREFIXES = tuple(REFERENCE_PREFIX + p for p in ("audio_model.", "audio_bridge_model.", "audio_decoder."))
 
 
 def ladder(maximum: int, steps: int = 5, multiple: int = 8) -> tuple[int, ...]:
@@ -92,20 +88,29 @@ class AudioTokenizerRuntime:
         return cls(cfg, nnx.state(model), **kw)
 
     @classmethod
-    def from_reference(cls, cfg: ModelConfig, tensors: Mapping[str, np.ndarray], **kw) -> "AudioTokenizerRuntime":
-        """From reference-named tensors (``audio_tokenizer.audio_model.*`` …); other keys (the LLM,
-        flow matching) are ignored. Every tokenizer tensor must be present with the config's shape."""
-        mine = {k: v for k, v in tensors.items() if k.startswith(REFERENCE_PREFIXES)}
-        model, _ = load_model(lambda: AudioTokenizer(cfg, rngs=nnx.Rngs(0)),
-                              combine_tables(*audio_tokenizer_tables(cfg)), mine)
+    def from_reference(cls, cfg: ModelConfig, tensors: Mapping[str, np.ndarray] | Any, **kw) -> "AudioTokenizerRuntime":
+        """From reference-named tensors (``audio_tokenizer.audio_model.*`` …: a mapping or a
+        ``ReferenceCheckpoint``); other keys (the LLM, flow matching) are ignored. Every tokenizer
+        tensor must be present with the config's shape."""
+        model, _ = load_component("audio_tokenizer", cfg, tensors)
         return cls(cfg, nnx.state(model), **kw)
 
     @classmethod
     def from_weights_file(cls, cfg: ModelConfig, path: str | os.PathLike, **kw) -> "AudioTokenizerRuntime":
-        """From a reference-layout safetensors file or directory (see ``conversion.reference_weights``)."""
-        from baichuan_audio_jax.conversion.reference_weights import read_reference_tensors
+        """From reference-layout weights: a Hugging Face style directory (sharded or not), a
+        directory of safetensors files, a ``.safetensors`` file or a ``.pt``/``.bin`` state_dict
+        (needs torch). Only the ``audio_tokenizer.*`` tensors are read."""
+        from baichuan_audio_jax.conversion.components import open_reference
 
-        return cls.from_reference(cfg, read_reference_tensors(path, prefixes=REFERENCE_PREFIXES), **kw)
+        return cls.from_reference(cfg, open_reference(path, components=["audio_tokenizer"]), **kw)
+
+    @classmethod
+    def from_bundle(cls, path: str | os.PathLike, **kw) -> "AudioTokenizerRuntime":
+        """From a model bundle holding the ``audio_tokenizer`` component (restored alone)."""
+        from baichuan_audio_jax.bundle import load_bundle
+
+        loaded = load_bundle(path, components=["audio_tokenizer"], vocoder=False)
+        return cls(loaded.config, nnx.state(loaded.model.audio_tokenizer), **kw)
 
     # ------------------------------------------------------------------ audio -> codes
 

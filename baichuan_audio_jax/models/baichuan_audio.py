@@ -1,11 +1,13 @@
-"""The full Baichuan-Audio model: the components of the reference ``OmniForCausalLM`` that this
-version implements, each under its own attribute.
+"""The full Baichuan-Audio model: the components of the reference ``OmniForCausalLM``, each under
+its own attribute.
 
 The composition is derived from the component registry
 (:data:`baichuan_audio_jax.conversion.components.COMPONENTS`): every registered component of the
-``"model"`` checkpoint becomes an attribute named after its ``model_path`` (today ``llm``, the
-:class:`~baichuan_audio_jax.models.audio_llm.AudioLLM`). The vocoder is a separate model (its
-reference weights are a separate file) and is not part of this module.
+``"model"`` checkpoint becomes an attribute named after its ``model_path``: ``llm``
+(:class:`~baichuan_audio_jax.models.audio_llm.AudioLLM`), ``audio_tokenizer``
+(:class:`~baichuan_audio_jax.models.audio_tokenizer.AudioTokenizer`) and ``flow_matching``
+(:class:`~baichuan_audio_jax.models.flow_matching.FlowMatchingDecoder`). The vocoder is a separate
+model (its reference weights are a separate file, ``hift.pt``) and is not part of this module.
 
 A model may hold a subset of the components (``components=("llm",)``), e.g. to restore only what
 a job needs from a bundle.

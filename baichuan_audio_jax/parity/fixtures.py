@@ -15,24 +15,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from baichuan_audio_jax.config import ModelConfig, model_config_from_reference
+from baichuan_audio_jax.conversion.torch_io import read_tensors
 
 
 class FixtureError(ValueError):
     pass
-
-
-def read_safetensors(path: str, names: list[str] | None = None) -> dict[str, np.ndarray]:
-    """Tensors of a safetensors file as numpy arrays (bf16 upcast to float32, exactly)."""
-    from safetensors import safe_open
-
-    out = {}
-    with safe_open(path, "flax") as f:
-        for k in (names if names is not None else list(f.keys())):
-            a = np.asarray(f.get_tensor(k))
-            if a.dtype.kind == "V" or str(a.dtype) in ("bfloat16", "float16"):
-                a = a.astype(np.float32)
-            out[k] = a
-    return out
 
 
 class FixtureComponent:
@@ -62,7 +49,7 @@ class FixtureComponent:
         path = os.path.join(self.set.root, fname)
         if not os.path.exists(path):
             raise FixtureError(f"{self.name}: weights file {path} not found")
-        return read_safetensors(path)
+        return read_tensors(path)  # bf16 up-cast to float32, exactly
 
     def array_spec(self, key: str) -> Mapping[str, Any]:
         return self.spec.get("arrays", {}).get(key, {})

@@ -9,7 +9,7 @@ checkpoint uses. g and v map with the kernel's own transposition (see
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from baichuan_audio_jax.config import VocoderConfig
 from baichuan_audio_jax.conversion.mapping import Conv, ConvTranspose, Entry, Linear, MappingTable
@@ -31,6 +31,22 @@ def weight_norm_naming(keys: Iterable[str]) -> str:
         raise ValueError("vocoder checkpoint has no weight-normed tensors (neither '*.weight_g' nor "
                          "'*.parametrizations.weight.original0'): not a HiFTGenerator state_dict")
     return "weight_g" if legacy else "parametrizations"
+
+
+def vocoder_widths(shapes: Mapping[str, tuple]) -> dict[str, int]:
+    """The :class:`VocoderConfig` widths a checkpoint's shapes (name -> shape) imply: mel bins, base
+    channels and F0-predictor channels (read off ``conv_pre`` and ``f0_predictor.condnet.0``
+    under either weight-norm naming). Empty if those tensors are absent."""
+    def v(module: str):
+        for _, name in WEIGHT_NORM_NAMES.values():
+            if f"{module}.{name}" in shapes:
+                return tuple(shapes[f"{module}.{name}"])
+        return None
+
+    pre, f0 = v("conv_pre"), v("f0_predictor.condnet.0")
+    if pre is None or f0 is None or len(pre) != 3:
+        return {}
+    return {"in_channels": int(pre[1]), "base_channels": int(pre[0]), "f0_cond_channels": int(f0[0])}
 
 
 def _wn(torch: str, jax: str, transform, names: tuple[str, str]) -> list[Entry]:
