@@ -48,8 +48,8 @@ from flax import nnx  # noqa: E402
 from baichuan_audio_jax.config import ModelConfig, load_config  # noqa: E402
 from baichuan_audio_jax.inference import interleave as il  # noqa: E402
 from baichuan_audio_jax.inference.engine import DecodingEngine, PhaseSampling, Request  # noqa: E402
-from baichuan_audio_jax.inference.generator import SpeechParts  # noqa: E402
 from baichuan_audio_jax.inference.sampling import SamplingArrays, SamplingParams, process_logits  # noqa: E402
+from baichuan_audio_jax.inference.waveform import SpeechDecoder, codes_to_wave  # noqa: E402
 from baichuan_audio_jax.layers.attention import KVCache  # noqa: E402
 from baichuan_audio_jax.models.audio_llm import AudioLLM  # noqa: E402
 from baichuan_audio_jax.models.pure import init_model, pure  # noqa: E402
@@ -87,12 +87,12 @@ def build(cfg: ModelConfig, seed: int = 0):
     return llm
 
 
-def speech_parts(cfg: ModelConfig) -> SpeechParts:
+def speech_decoder(cfg: ModelConfig) -> SpeechDecoder:
     from baichuan_audio_jax.inference.audio_tokenizer import AudioTokenizerRuntime
     from baichuan_audio_jax.models.flow_matching import FlowMatchingDecoder
     from baichuan_audio_jax.models.hift import HiFTGenerator
 
-    return SpeechParts(AudioTokenizerRuntime.random(cfg, batch_size=1),
+    return SpeechDecoder(AudioTokenizerRuntime.random(cfg, batch_size=1),
                        init_model(lambda: FlowMatchingDecoder(cfg, rngs=nnx.Rngs(1))),
                        init_model(lambda: HiFTGenerator(cfg.vocoder, rngs=nnx.Rngs(2))))
 
@@ -197,7 +197,7 @@ def timed(fn) -> float:
 def measure(size: str, frames: int, repeats: int) -> list[dict]:
     cfg = config(size)
     llm = build(cfg)
-    speech = speech_parts(cfg)
+    speech = speech_decoder(cfg)
     engine = DecodingEngine(llm)
     sides = {"engine": None, "reference": ReferenceLoop(llm, compiled=False),
              "reference+jit": ReferenceLoop(llm, compiled=True)}
@@ -206,7 +206,7 @@ def measure(size: str, frames: int, repeats: int) -> list[dict]:
     key = jax.random.key(0)
 
     def to_wave(codes):
-        return speech.segment_waveform(codes, key)
+        return codes_to_wave(speech, codes, key=key)
 
     short = max(2, frames // 5)
 

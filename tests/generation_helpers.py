@@ -87,11 +87,13 @@ def llm(parity_dir: str, cfg: ModelConfig):
 
 @functools.lru_cache(maxsize=None)
 def speech_parts(parity_dir: str, cfg: ModelConfig):
-    """(audio tokenizer runtime, flow-matching decoder, vocoder) with the fixture weights."""
+    """The speech decoder (audio tokenizer runtime, flow-matching decoder, vocoder) with the
+    fixture weights."""
     from baichuan_audio_jax.config import vocoder_config_from_reference
     from baichuan_audio_jax.conversion.tables.flow_matching import flow_matching_table
     from baichuan_audio_jax.conversion.vocoder import load_vocoder
     from baichuan_audio_jax.inference.audio_tokenizer import AudioTokenizerRuntime
+    from baichuan_audio_jax.inference.waveform import SpeechDecoder
     from baichuan_audio_jax.models.flow_matching import FlowMatchingDecoder
     from baichuan_audio_jax.parity.fixtures import FixtureSet
 
@@ -102,7 +104,7 @@ def speech_parts(parity_dir: str, cfg: ModelConfig):
                          fm_weights)
     voc = FixtureSet(parity_dir).component("hift_vocoder")
     vocoder = load_vocoder(voc.weights, vocoder_config_from_reference(voc.spec["config"]))
-    return runtime, flow, vocoder
+    return SpeechDecoder(runtime, flow, vocoder)
 
 
 def train_tokenizer(path, cfg: ModelConfig):
@@ -118,3 +120,46 @@ def train_tokenizer(path, cfg: ModelConfig):
 def frames_of(n: int, seed: int = 0, sizes=(64, 32, 16, 16, 8, 8, 8, 8)) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.stack([rng.integers(0, s, n) for s in sizes], axis=1).astype(np.int32)
+
+
+def model_config_dict_of(cfg: ModelConfig):
+    """The ``model`` ConfigDict of a ModelConfig (what bundles store)."""
+    from baichuan_audio_jax.config import model_config_dict
+
+    sections = ("llm", "audio_head", "audio_encoder", "vq_bridge", "audio_decoder", "flow_matching", "vocoder",
+                "tokens")
+    return model_config_dict(**{s: dataclasses.asdict(getattr(cfg, s)) for s in sections}, dtype=cfg.dtype,
+                             param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers, remat_policy=cfg.remat_policy)
+
+
+def save_tiny_bundle(path, parity_dir: str, cfg: ModelConfig, tokenizer_path) -> str:
+    """A complete bundle (LLM, audio tokenizer, flow matching, vocoder, text tokenizer) holding the
+    fixture weights."""
+    from baichuan_audio_jax.bundle import save_bundle
+    from baichuan_audio_jax.models.audio_tokenizer import AudioTokenizer
+    from baichuan_audio_jax.models.baichuan_audio import BaichuanAudio
+
+    speech = speech_parts(parity_dir, cfg)
+    model = nnx.eval_shape(lambda: BaichuanAudio(cfg, rngs=nnx.Rngs(0),
+                                                 components=["llm", "audio_tokenizer", "flow_matching"]))
+    model.llm = llm(parity_dir, cfg)
+    tok_graph = nnx.split(nnx.eval_shape(lambda: AudioTokenizer(cfg, rngs=nnx.Rngs(0))))[0]
+    model.audio_tokenizer = nnx.merge(tok_graph, speech.tokenizer.state)
+    model.flow_matching = speech.flow_matching
+    return save_bundle(path, model_config_dict_of(cfg), model, vocoder=speech.vocoder, tokenizer=tokenizer_path,
+                       source="tests")
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_bundle(parity_dir: str) -> str:
+    """One complete tiny bundle per test session (in a temporary directory removed at exit)."""
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="tiny-bundle-")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    cfg = chat_config(parity_dir)
+    tok = train_tokenizer(os.path.join(root, "spm.model"), cfg)
+    return save_tiny_bundle(os.path.join(root, "tiny"), parity_dir, cfg, tok.path)

@@ -25,7 +25,7 @@ CHAT = PhaseSampling(SamplingParams(temperature=0.8, top_k=20, top_p=0.85, repet
 GREEDY = PhaseSampling(*(SamplingParams(do_sample=False, repetition_penalty=1.3),) * 3)
 SPEECH = il.Protocol(text=True, speech=True, first_text_max_tokens=6, later_text_max_tokens=8, audio_max_frames=6,
                      max_rounds=3, later_stop_strings=il.SPEECH_STOP_STRINGS)
-TEXT = il.Protocol(text=True, speech=False, first_text_max_tokens=40)
+TEXT = il.Protocol(text=True, speech=False, first_text_max_tokens=40, audio_max_frames=6)
 SPEAK = il.Protocol(text=False, speech=True, audio_max_frames=6)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -82,6 +83,53 @@ def _inputs(args, CLIError) -> dict:
     return kw
 
 
+def load_generator(path: str, max_context: int | None = None):
+    """The bundle's generator; kept for the next call in the same process (and bundle version),
+    so commands run in-process (scripts, tests) load and compile once."""
+    from baichuan_audio_jax.bundle import BUNDLE_FILE
+
+    info = os.path.join(path, BUNDLE_FILE)
+    stamp = os.stat(info).st_mtime_ns if os.path.exists(info) else None
+    return _cached_generator(os.path.abspath(path), stamp, max_context)
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_generator(path: str, stamp, max_context):
+    from baichuan_audio_jax.inference.generator import Generator
+
+    return Generator.from_bundle(path, max_context=max_context)
+
+
+def check_inputs(inputs: dict, args, CLIError) -> None:
+    """Text free of special tokens, a well-formed chat, readable audio files — checked up front."""
+    from baichuan_audio_jax.audio.io import AudioError, read_audio
+    from baichuan_audio_jax.inference.prompts import PromptError, check_text, validate_chat
+
+    audio = [inputs["audio"]] if "audio" in inputs else []
+    try:
+        for key in ("text", "system", "instruction"):
+            if inputs.get(key):
+                check_text(inputs[key], f"--{key}")
+    except PromptError as e:
+        raise CLIError(str(e)) from e
+    if "chat" in inputs:
+        try:
+            inputs["chat"] = validate_chat(inputs["chat"])
+            for i, turn in enumerate(inputs["chat"]):
+                for part in turn.get("segments", [turn]):
+                    if "text" in part:
+                        check_text(part["text"], f"chat turns[{i}]")
+                    if "audio" in part:
+                        audio.append(os.path.join(inputs["audio_dir"], part["audio"]))
+        except PromptError as e:
+            raise CLIError(f"{args.chat}: {e}") from e
+    try:
+        for path in audio:
+            read_audio(path)
+    except AudioError as e:
+        raise CLIError(str(e)) from e
+
+
 def read_chat(path: str, CLIError) -> list:
     if not os.path.isfile(path):
         raise CLIError(f"chat file not found: {path}")
@@ -96,8 +144,8 @@ def read_chat(path: str, CLIError) -> list:
 def run(args: argparse.Namespace) -> int:
     from baichuan_audio_jax.audio.io import AudioError
     from baichuan_audio_jax.cli.main import CLIError
-    from baichuan_audio_jax.inference.generator import MODES, Generator
-    from baichuan_audio_jax.inference.prompts import PromptError, validate_chat
+    from baichuan_audio_jax.inference.generator import MODES
+    from baichuan_audio_jax.inference.prompts import PromptError
 
     mode = MODES[args.mode]
     inputs = _inputs(args, CLIError)
@@ -105,11 +153,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--mode {args.mode} speaks: give --out OUT.wav")
     if not mode.speech_output and (args.out or args.stream):
         raise CLIError(f"--mode {args.mode} writes text only: --out/--stream do not apply")
-    if "chat" in inputs:
-        try:
-            inputs["chat"] = validate_chat(inputs["chat"])
-        except PromptError as e:
-            raise CLIError(f"{args.chat}: {e}") from e
+    check_inputs(inputs, args, CLIError)  # fail on bad input before loading the model
     if not os.path.isdir(args.checkpoint):
         raise CLIError(f"checkpoint {args.checkpoint} is not a directory (a model bundle)")
     options = dict(seed=args.seed, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -126,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         options["on_chunk"] = on_chunk
     from tqdm import tqdm
 
-    gen = Generator.from_bundle(args.checkpoint, max_context=args.max_context, speech=True)
+    gen = load_generator(args.checkpoint, args.max_context)
     bar = tqdm(desc=f"generate {args.mode}", unit="tok", file=sys.stderr, dynamic_ncols=True, leave=False)
 
     def on_progress(done: int, limit: int) -> None:

@@ -43,7 +43,7 @@ from baichuan_audio_jax.inference.prompts import (
 from baichuan_audio_jax.inference.sampling import SamplingParams
 from baichuan_audio_jax.inference.stop_strings import token_strings
 from baichuan_audio_jax.inference.streaming import AudioStream
-from baichuan_audio_jax.inference.waveform import CROSSFADE_SAMPLES, SAMPLE_RATE
+from baichuan_audio_jax.inference.waveform import SAMPLE_RATE, SpeechDecoder, codes_to_wave
 from baichuan_audio_jax.models.audio_llm import AudioLLM
 
 # The reference's sampling table (§6.6).
@@ -81,23 +81,6 @@ MODES: dict[str, Mode] = {m.name: m for m in (
                      audio_max_frames=500, max_rounds=100, later_stop_strings=il.SPEECH_STOP_STRINGS),
          PhaseSampling(_CHAT_FIRST, _CHAT_LATER, _CHAT_AUDIO), 2048, True, True),
 )}
-
-
-@dataclasses.dataclass
-class SpeechParts:
-    """What turns codes into speech: the audio tokenizer runtime (RVQ decode + audio decoder; it
-    also encodes input audio), the flow-matching decoder and the vocoder."""
-
-    tokenizer: Any  # AudioTokenizerRuntime
-    flow_matching: Any = None  # FlowMatchingDecoder
-    vocoder: Any = None  # HiFTGenerator
-
-    def segment_waveform(self, codes: np.ndarray, key: jax.Array) -> np.ndarray:
-        """One segment's codes [N, 8] -> its 24 kHz waveform (480·(4N − 1) samples)."""
-        from baichuan_audio_jax.inference.waveform import decode_segments
-
-        hidden = self.tokenizer.decode_codes(codes)["hidden_before_dconv2"]
-        return decode_segments(self.flow_matching, self.vocoder, [hidden], key, overlap=CROSSFADE_SAMPLES)
 
 
 @dataclasses.dataclass
@@ -143,11 +126,12 @@ _SAMPLING_OPTIONS = ("do_sample", "temperature", "top_k", "top_p", "repetition_p
 
 
 class Generator:
-    """Generation with an :class:`AudioLLM`, a text tokenizer and (for speech in or out) the
-    audio tokenizer runtime, flow-matching decoder and vocoder."""
+    """Generation with an :class:`AudioLLM` and a text tokenizer; speech input needs the audio
+    tokenizer and speech output the flow-matching decoder and vocoder too (a
+    :class:`~baichuan_audio_jax.inference.waveform.SpeechDecoder`; parts may be None)."""
 
-    def __init__(self, llm: AudioLLM, tokenizer, *, speech: SpeechParts | None = None,
-                 max_context: int | None = None, check_tokenizer: bool = True):
+    def __init__(self, llm: AudioLLM, tokenizer, *, speech: SpeechDecoder | None = None,
+                 max_context: int | None = None, mesh=None, check_tokenizer: bool = True):
         from data_pipelines.text_tokenizer import check_special_tokens
 
         self.cfg: ModelConfig = llm.cfg
@@ -157,15 +141,16 @@ class Generator:
         self.speech = speech
         self.prompts = PromptBuilder(tokenizer, self.cfg.tokens)
         self.engine = DecodingEngine(llm, token_strings=lambda: token_strings(tokenizer, self.cfg.llm.vocab_size),
-                                     max_context=max_context)
+                                     max_context=max_context, mesh=mesh)
         self._special = special_token_ids(self.cfg.tokens)
 
     @classmethod
-    def from_bundle(cls, path: str | os.PathLike, *, max_context: int | None = None, speech: bool = True,
+    def from_bundle(cls, path: str | os.PathLike, *, max_context: int | None = None, mesh=None,
                     batch_size: int = 1) -> "Generator":
-        """From a model bundle (see :mod:`baichuan_audio_jax.bundle`): the ``llm`` component, the
-        text tokenizer in ``tokenizer/``, and — with ``speech`` — the audio tokenizer,
-        flow-matching decoder and vocoder."""
+        """From a model bundle (:mod:`baichuan_audio_jax.bundle`): the ``llm`` component and the text
+        tokenizer in ``tokenizer/``, and whichever of the audio tokenizer, the flow-matching
+        decoder and the vocoder it holds (a mode that needs a missing one says so). ``mesh``:
+        decode on a device mesh (parameters restored sharded)."""
         from flax import nnx
 
         from baichuan_audio_jax.bundle import BundleError, load_bundle, read_bundle_info
@@ -174,21 +159,20 @@ class Generator:
         path = os.fspath(path)
         info = read_bundle_info(path)
         present = set(info.get("components", []))
-        wanted = ["llm"] + (["audio_tokenizer", "flow_matching"] if speech else [])
-        missing = [c for c in wanted + (["vocoder"] if speech else []) if c not in present]
-        if missing:
-            raise BundleError(f"{path} lacks component(s) {missing} (it has {sorted(present)}); generation needs "
-                              "the LLM" + (", the audio tokenizer, the flow-matching decoder and the vocoder"
-                                           if speech else ""))
-        b = load_bundle(path, components=wanted, vocoder=speech)
+        if "llm" not in present:
+            raise BundleError(f"{path} has no llm component (it has {sorted(present)})")
+        wanted = [c for c in ("llm", "audio_tokenizer", "flow_matching") if c in present]
+        b = load_bundle(path, components=wanted, vocoder="vocoder" in info.get("checkpoints", {}), shardings=mesh)
         if b.tokenizer_dir is None:
             raise BundleError(f"{path} has no text tokenizer (tokenizer/)")
         tokenizer = load_bundle_tokenizer(b.tokenizer_dir)
-        parts = None
-        if speech:
+        speech = None
+        if "audio_tokenizer" in present:
             runtime = AudioTokenizerRuntime(b.config, nnx.state(b.model.audio_tokenizer), batch_size=batch_size)
-            parts = SpeechParts(runtime, b.model.flow_matching, b.vocoder)
-        return cls(b.model.llm, tokenizer, speech=parts, max_context=max_context)
+            speech = SpeechDecoder(runtime, getattr(b.model, "flow_matching", None), b.vocoder)
+        gen = cls(b.model.llm, tokenizer, speech=speech, max_context=max_context, mesh=mesh)
+        gen.source = path
+        return gen
 
     # ------------------------------------------------------------------ modes
 
@@ -247,7 +231,7 @@ class Generator:
 
     def _audio_codes(self, audio) -> np.ndarray:
         if self.speech is None:
-            raise ValueError("this generator has no audio tokenizer: speech input is not available")
+            raise ValueError(f"{self._where()} has no audio tokenizer: speech input is not available")
         rt = self.speech.tokenizer
         if isinstance(audio, (str, os.PathLike)):
             codes = rt.encode_file(audio)
@@ -266,8 +250,13 @@ class Generator:
             raise TypeError(f"unknown option(s) {sorted(unknown)}")
         sampling = mode.sampling.replace(**{k: options.get(k) for k in _SAMPLING_OPTIONS})
         protocol = mode.protocol
-        if mode.speech_output and (self.speech is None or self.speech.vocoder is None):
-            raise ValueError(f"mode {mode.name} speaks: the generator needs the flow-matching decoder and vocoder")
+        if mode.speech_output:
+            parts = dict(audio_tokenizer=self.speech, flow_matching=getattr(self.speech, "flow_matching", None),
+                         vocoder=getattr(self.speech, "vocoder", None))
+            missing = [name for name, part in parts.items() if part is None]
+            if missing:
+                raise ValueError(f"mode {mode.name} speaks, but {self._where()} has no {', '.join(missing)} "
+                                 "(`baichuan-audio convert` adds components; `--component vocoder` the vocoder)")
         if self.speech is not None:
             # Segments no longer than the audio decoder takes; the same frame limit in every mode
             # also lets every mode share one compiled decoding loop.
@@ -293,7 +282,7 @@ class Generator:
             key = jax.random.fold_in(jax.random.key(seed), 0x5EED)
 
             def to_wave(codes, index):
-                return self.speech.segment_waveform(codes, jax.random.fold_in(key, index))
+                return codes_to_wave(self.speech, codes, key=jax.random.fold_in(key, index))
 
             stream = AudioStream(to_wave, path=options.get("stream_to"), on_chunk=options.get("on_chunk"), start=t0)
         try:
@@ -314,6 +303,9 @@ class Generator:
             segments=row.segments, segment_text_ends=list(row.segment_text_ends),
             waveform=None if stream is None else stream.waveform, sample_rate=SAMPLE_RATE,
             finish_reason=row.finish_reason, new_tokens=row.new_tokens, max_new_tokens=row.budget, timings=timings)
+
+    def _where(self) -> str:
+        return f"bundle {self.source}" if getattr(self, "source", None) else "this generator"
 
     def display_text(self, tokens: Sequence[int]) -> str:
         """Text as shown to a user: special tokens (EOS, audio tags) removed."""
