@@ -106,14 +106,6 @@ class DecodeState(NamedTuple):
     rows: il.RowState
 
 
-class StepOutputs(NamedTuple):
-    """What one decoding step chose (for inspection and tests)."""
-
-    hidden: jax.Array  # [B, H]
-    text_token: jax.Array  # [B]
-    codes: jax.Array  # [B, 8]
-
-
 def ladder(minimum: int, maximum: int) -> tuple[int, ...]:
     """Powers of two from ``minimum`` below ``maximum``, then ``maximum``."""
     out, v = [], minimum
@@ -156,7 +148,7 @@ def _extend(llm: AudioLLM, ds: DecodeState, ids, codes, mask, tables: StopTables
 
 
 def _decode_step(graphdef, state, protocol: il.ProtocolArrays, params: RowParams, tables: StopTables,
-                 stop_masks: jax.Array, ds: DecodeState) -> tuple[DecodeState, StepOutputs]:
+                 stop_masks: jax.Array, ds: DecodeState) -> DecodeState:
     llm: AudioLLM = nnx.merge(graphdef, state)
     cfg = llm.cfg
     rows = ds.rows
@@ -199,9 +191,8 @@ def _decode_step(graphdef, state, protocol: il.ProtocolArrays, params: RowParams
     codes = jax.lax.cond((rows.phase == il.AUDIO).any(), choose_frame, no_frame, hidden)
     new_rows = il.transition(rows, tok, fired, codes, protocol=protocol, tokens=cfg.tokens,
                              eos_class=cfg.codebook_sizes[0])
-    ds = ds._replace(cache=out.cache, ids=ids, valid=valid, index=idx + 1, position=position,
-                     stop_state=stop_state, rows=new_rows)
-    return ds, StepOutputs(hidden, tok, codes)
+    return ds._replace(cache=out.cache, ids=ids, valid=valid, index=idx + 1, position=position,
+                       stop_state=stop_state, rows=new_rows)
 
 
 @functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(2,))
@@ -220,14 +211,9 @@ def _run_jit(graphdef, state, protocol, ds, params, tables, stop_masks, max_step
         return active.any() & ~ds.rows.event.any() & (ds.index < stop_index)
 
     def body(ds):
-        return _decode_step(graphdef, state, protocol, params, tables, stop_masks, ds)[0]
+        return _decode_step(graphdef, state, protocol, params, tables, stop_masks, ds)
 
     return jax.lax.while_loop(cond, body, ds)
-
-
-@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(3,))
-def _step_jit(graphdef, state, protocol, ds, params, tables, stop_masks):
-    return _decode_step(graphdef, state, protocol, params, tables, stop_masks, ds)
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -410,13 +396,6 @@ class DecodingEngine:
         with self._mesh_context():
             return _run_jit(self.graphdef, self.state, protocol.arrays(), ds, params, tables, masks,
                             np.asarray(max_steps, np.int32))
-
-    def step(self, ds: DecodeState, protocol: il.Protocol, params: RowParams) -> tuple[DecodeState, StepOutputs]:
-        """One decoding step (the loop body on its own, for inspection)."""
-        tables, masks = self.stop_tables(protocol)
-        self.compiled.add(("step",) + self._shapes(ds))
-        with self._mesh_context():
-            return _step_jit(self.graphdef, self.state, protocol.arrays(), ds, params, tables, masks)
 
     @staticmethod
     def _shapes(ds: DecodeState) -> tuple[int, int, int]:

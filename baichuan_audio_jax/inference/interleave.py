@@ -38,7 +38,6 @@ import numpy as np
 from baichuan_audio_jax.config import SpecialTokens
 
 TEXT, AUDIO, WAIT, DONE = 0, 1, 2, 3
-PHASES = ("text", "audio", "wait", "done")
 # Why a row stopped.
 RUNNING, EOS, LENGTH, ROUNDS, CONTEXT, STOP = 0, 1, 2, 3, 4, 5
 FINISH_REASONS = ("running", "eos", "length", "rounds", "context", "stop")
