@@ -71,7 +71,7 @@ def train(config, workdir: str, *, progress: bool = True, log=print) -> dict[str
             host = next(iterator)
             check_batch_fields(program.task, host, local_rows, program.seq_len,
                                where=f"data.source={config.data.source!r} batch {step}",
-                               model_cfg=program.model_cfg)
+                               model_cfg=program.model_cfg, fields=program.fields)
             batch = distributed.global_batch(host, program.batch_shardings, rows)
             state, metrics = program.step(state, batch)
             window_steps += 1
