@@ -22,14 +22,15 @@ field              per-row shape (padded size)                  content
 with E = encoder frames of L, N = ⌊E/4⌋ audio tokens and N' = ⌈E'/4⌉ the bridge's padded
 groups for the padded length (the model's output shapes for a padded input).
 
-**Tokenizer targets** (the reference releases no code for them; spec §8): the decoder's coarse
-mel has 80 bins at the encoder's frame rate (16 kHz, hop 160: 100 Hz), so its target is the
-80-bin log-mel of the same 16 kHz waveform with an STFT of the encoder's ``n_fft`` (400) and hop
-160; the refined mel is at 62.5 Hz, so its target uses the legacy vocoder's geometry (16 kHz,
-hop 256, n_fft 1024, ``vocoder_config``). Both are the natural-log magnitude mel of the
-flow-matching / HiFi-GAN family (:func:`~baichuan_audio_jax.audio.mel24k.log_mel_numpy`,
-Slaney 0–8 kHz), taken for the first C (resp. M) frames — the frames the decoder produces for
-the N tokens (the waveform always yields at least that many).
+**Tokenizer targets** (the reference releases no code for them; spec §8). The paper's decoder
+reconstructs the *input* mel, so the targets are the encoder's own front-end
+(:func:`~baichuan_audio_jax.audio.whisper_logmel.log_mel`: Slaney mel 0–8 kHz, log10, floor at
+max − 8, (x + 4)/4) with the decoder's 80 bins, at the geometry of each output: the coarse mel
+has the encoder's frame rate (16 kHz, n_fft 400, hop 160: 100 Hz); the refined mel is at 62.5 Hz,
+the legacy vocoder's geometry (16 kHz, hop 256, n_fft 1024, ``vocoder_config``). Each is taken
+for the first C (resp. M) frames — the frames the decoder produces for the N tokens (the
+waveform always yields at least that many). The normalised scale also puts the targets where
+the decoder's GroupNorm-ed outputs start (mean ≈ 0, spread ≈ 1).
 
 **Flow-matching target**: the 24 kHz mel (n_fft 1920, hop 480: 50 Hz) of the same audio,
 truncated to the decoder's T = 4N − 1 frames. The tokenizer drops a trailing partial token (the
@@ -86,20 +87,18 @@ class AudioGeometry:
         return cls(int(mel_frames), e, n, groups, t, c, m)
 
 
-def coarse_geometry(model: ModelConfig) -> MelGeometry:
-    """The 100 Hz coarse-mel target: encoder rate, hop and n_fft; the decoder's mel bins."""
+def coarse_target_config(model: ModelConfig) -> LogMelConfig:
+    """The 100 Hz coarse-mel target: the encoder's front-end with the decoder's mel bins."""
     enc, dec = model.audio_encoder, model.audio_decoder
-    return MelGeometry(sampling_rate=dec.encoder_sampling_rate, n_fft=enc.n_fft, hop_length=dec.encoder_hop_length,
-                       win_size=enc.n_fft, in_channels=dec.num_mel_bins, fmin=0.0,
-                       fmax=dec.encoder_sampling_rate / 2)
+    return LogMelConfig(sampling_rate=dec.encoder_sampling_rate, n_fft=enc.n_fft, hop_length=dec.encoder_hop_length,
+                        num_mel_bins=dec.num_mel_bins, max_audio_seconds=enc.max_audio_seconds)
 
 
-def refined_geometry(model: ModelConfig) -> MelGeometry:
+def refined_target_config(model: ModelConfig) -> LogMelConfig:
     """The 62.5 Hz refined-mel target (the legacy vocoder_config: 16 kHz, hop 256, n_fft 1024)."""
-    dec = model.audio_decoder
-    return MelGeometry(sampling_rate=dec.mel_sampling_rate, n_fft=dec.mel_n_fft, hop_length=dec.mel_hop_length,
-                       win_size=dec.mel_n_fft, in_channels=dec.num_mel_bins, fmin=0.0,
-                       fmax=dec.mel_sampling_rate / 2)
+    enc, dec = model.audio_encoder, model.audio_decoder
+    return LogMelConfig(sampling_rate=dec.mel_sampling_rate, n_fft=dec.mel_n_fft, hop_length=dec.mel_hop_length,
+                        num_mel_bins=dec.num_mel_bins, max_audio_seconds=enc.max_audio_seconds)
 
 
 def flow_geometry(model: ModelConfig) -> MelGeometry:
@@ -142,8 +141,8 @@ def tokenizer_example(wav16: np.ndarray, model: ModelConfig, text_ids: Sequence[
     """One row's unpadded fields from a 16 kHz waveform (one encoder chunk at most)."""
     feats = log_mel(wav16, log_mel_config(model))
     g = AudioGeometry.of(model, feats.shape[0], padded=False)
-    coarse = _first(log_mel_numpy(wav16, coarse_geometry(model)), g.coarse_frames, "coarse mel target")
-    refined = _first(log_mel_numpy(wav16, refined_geometry(model)), g.refined_frames, "refined mel target")
+    coarse = _first(log_mel(wav16, coarse_target_config(model)), g.coarse_frames, "coarse mel target")
+    refined = _first(log_mel(wav16, refined_target_config(model)), g.refined_frames, "refined mel target")
     ids = np.asarray(list(text_ids), np.int32)
     return dict(features=feats, feature_lengths=np.int32(feats.shape[0]), coarse_mel=coarse,
                 coarse_lengths=np.int32(g.coarse_frames), refined_mel=refined,

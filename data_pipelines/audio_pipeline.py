@@ -147,6 +147,10 @@ def build_audio_iterator(config: ml_collections.ConfigDict, *, process_index: in
         raise ValueError(f"data.seq_len={seq_len} log-mel frames exceed one encoder chunk ({max_frames} frames, "
                          f"model.audio_encoder.max_audio_seconds={enc.max_audio_seconds})")
     tokenizer_path = str(data.get("tokenizer", "") or "") if task == "audio_tokenizer" else ""
+    llm_weight = float(config.train.get("tokenizer", {}).get("llm_weight", 0.0)) if task == "audio_tokenizer" else 0
+    if llm_weight > 0 and not tokenizer_path:
+        raise ValueError("train.tokenizer.llm_weight > 0 needs transcripts: set data.tokenizer to a text tokenizer "
+                         "(e.g. `baichuan-audio data train-tokenizer ...`), or set train.tokenizer.llm_weight=0")
     if tokenizer_path:
         tok = load_text_tokenizer(tokenizer_path)
         check_special_tokens(tok, model.tokens, model.llm.vocab_size)
