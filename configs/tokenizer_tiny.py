@@ -11,7 +11,8 @@ transcripts are tokenized by a sentencepiece model trained on the corpus::
     baichuan-audio train --config configs/tokenizer_tiny.py --workdir runs/tokenizer_tiny \\
         --config.data.tokenizer=runs/demo_sp.model
 
-Without a tokenizer, set ``--config.train.tokenizer.llm_weight=0``.
+Without a tokenizer, set ``--config.train.tokenizer.llm_weight=0``. The alignment LLM is random
+unless ``--config.init_from.llm`` names a trained one (e.g. an ``audio_llm`` run: ``runs/tiny#``).
 """
 import os
 
@@ -45,6 +46,8 @@ def tokenizer_settings(steps: int) -> ml_collections.ConfigDict:
 def get_config() -> ml_collections.ConfigDict:
     cfg = load_config(os.path.join(_HERE, "tiny.py"))
     cfg.task = "audio_tokenizer"
+    # Start parts from trained weights: a training run or a bundle ("PATH#part"); empty = random.
+    cfg.init_from = ml_collections.ConfigDict(dict(tokenizer="", llm=""))
     cfg.steps = 600
     cfg.log_every = 20
     cfg.checkpoint_every = 200

@@ -155,3 +155,36 @@ def test_straight_through_gradient():
     np.testing.assert_array_equal(out, q)
     np.testing.assert_allclose(jax.grad(lambda z: f(cl.straight_through(z, q)))(z), 3 * np.asarray(q) ** 2)
     assert float(jnp.sum(jnp.abs(jax.grad(lambda q: f(cl.straight_through(z, q)))(q)))) == 0.0
+
+
+def test_alignment_rows_layout(tiny_config):
+    """[audio_start, pads × slots, audio_end, text]: only the first N pads and K ids are valid;
+    positions count valid tokens; the transcript (with EOS) is predicted from the position before."""
+    from baichuan_audio_jax.training.tokenizer_task import alignment_sequence
+
+    t = tiny_config.tokens
+    seq = alignment_sequence(tiny_config, jnp.array([2, 3]), 3, jnp.array([[7, 8, 2, 0], [9, 2, 0, 0]]),
+                             jnp.array([3, 2]))
+    s, p, e = t.audio_start_token_id, t.audio_pad_token_id, t.audio_end_token_id
+    np.testing.assert_array_equal(seq["input_ids"], [[s, p, p, p, e, 7, 8, 2, 0], [s, p, p, p, e, 9, 2, 0, 0]])
+    np.testing.assert_array_equal(seq["segment_ids"], [[1, 1, 1, 0, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1, 0, 0]])
+    np.testing.assert_array_equal(seq["positions"][0, :8], [0, 1, 2, 2, 3, 4, 5, 6])
+    np.testing.assert_array_equal(seq["weights"], [[0, 0, 0, 0, 1, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1, 0, 0, 0]])
+    np.testing.assert_array_equal(seq["targets"][0, 4:7], [7, 8, 2])
+    np.testing.assert_array_equal(seq["targets"][1, 4:6], [9, 2])
+
+
+def test_microbatch_outputs_merge():
+    """Gradient accumulation combines assignment statistics by addition and restart candidates
+    by priority."""
+    from baichuan_audio_jax.training.tokenizer_task import merge_sums
+
+    a = {"mel_mae": jnp.array(0.5), "vq0_counts": jnp.array([1.0, 0.0]), "vq0_candidates": jnp.array([[1.0], [2.0]]),
+         "vq0_priority": jnp.array([0.2, 0.9])}
+    b = {"mel_mae": jnp.array(0.25), "vq0_counts": jnp.array([0.0, 3.0]), "vq0_candidates": jnp.array([[5.0], [6.0]]),
+         "vq0_priority": jnp.array([0.7, 0.1])}
+    m = merge_sums(a, b)
+    assert float(m["mel_mae"]) == 0.75
+    np.testing.assert_array_equal(m["vq0_counts"], [1.0, 3.0])
+    np.testing.assert_array_equal(m["vq0_candidates"], [[5.0], [2.0]])
+    np.testing.assert_allclose(m["vq0_priority"], [0.7, 0.9], rtol=1e-7)
