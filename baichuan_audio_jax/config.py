@@ -152,6 +152,7 @@ class AudioDecoderConfig(_FromDict):
     post_net_channels: tuple = (256, 256, 256, 256, 256)
     mel_sampling_rate: int = 16000  # legacy refined-mel path (vocoder_config)
     mel_hop_length: int = 256
+    mel_n_fft: int = 1024  # refined-mel STFT size (vocoder_config n_fft): the tokenizer's training target
     encoder_hop_length: int = 160
     encoder_sampling_rate: int = 16000
     layer_norm_eps: float = 1e-5
@@ -385,7 +386,7 @@ def model_config_from_reference(ref: Mapping[str, Any] | str | os.PathLike) -> m
             num_mel_bins=voc.get("num_mel_bins", 80),
             post_net_channels=list(voc.get("channels", [256] * 5)),
             mel_sampling_rate=voc.get("sampling_rate", 16000), mel_hop_length=voc.get("hop_length", 256),
-            encoder_hop_length=hop, encoder_sampling_rate=sampling_rate),
+            mel_n_fft=voc.get("n_fft", 1024), encoder_hop_length=hop, encoder_sampling_rate=sampling_rate),
         tokens={k: audio[k] for k in _AUDIO_CONFIG_TOKEN_FIELDS if k in audio},
     )
     if ref["vocab_size"] <= max(REAL_TOKEN_IDS.values()):
@@ -542,7 +543,7 @@ def reference_config_from_model(cfg: ModelConfig) -> dict:
         vq_config=dict(enable=True, codebook_sizes=list(bridge.codebook_sizes)),
         **{k: getattr(cfg.tokens, k) for k in _AUDIO_CONFIG_TOKEN_FIELDS})
     vocoder = dict(enable=True, num_mel_bins=dec.num_mel_bins, channels=list(dec.post_net_channels),
-                   sampling_rate=dec.mel_sampling_rate, hop_length=dec.mel_hop_length)
+                   sampling_rate=dec.mel_sampling_rate, hop_length=dec.mel_hop_length, n_fft=dec.mel_n_fft)
     fm_dict = {f.name: getattr(fm, f.name) for f in dataclasses.fields(FlowMatchingConfig)
                if f.name not in ("sigma_min", "t_scheduler", "training_cfg_rate", "inference_cfg_rate")}
     fm_dict["channels"] = list(fm.channels)

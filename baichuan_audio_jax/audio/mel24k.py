@@ -12,9 +12,13 @@ window 1920, 80 Slaney mels over 0–8000 Hz at 24 kHz), i.e. 50 frames per seco
 Frames = (n + 2·pad − n_fft) // hop + 1 (= n / hop for a multiple of the hop). Samples outside
 [−1, 1] are reported with a warning, not clipped (as the reference prints and carries on).
 Output is channels-last ``[..., frames, n_mels]`` like every mel in this package.
+
+:func:`log_mel_numpy` is the same function in numpy for any :class:`MelGeometry` (host-side data
+pipelines: the 24 kHz flow-matching target and the audio tokenizer's 16 kHz mel targets).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 
@@ -43,6 +47,42 @@ def _window(win_size: int, n_fft: int) -> np.ndarray:
 def num_frames(num_samples: int, n_fft: int = 1920, hop: int = 480) -> int:
     pad = (n_fft - hop) // 2
     return (num_samples + 2 * pad - n_fft) // hop + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class MelGeometry:
+    """STFT and filterbank settings of a log-mel (the attribute names of
+    :class:`~baichuan_audio_jax.config.FlowMatchingConfig`, whose defaults these are)."""
+
+    sampling_rate: int = 24000
+    n_fft: int = 1920
+    hop_length: int = 480
+    win_size: int = 1920
+    in_channels: int = 80  # mel bins
+    fmin: float = 0.0
+    fmax: float = 8000.0
+
+    @classmethod
+    def of(cls, cfg) -> "MelGeometry":
+        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
+
+
+def log_mel_numpy(wave: np.ndarray, geometry: MelGeometry = MelGeometry()) -> np.ndarray:
+    """:func:`log_mel_24k` in numpy (float32 result, no range warning): wave [..., N] ->
+    [..., frames, bins] for any :class:`MelGeometry`."""
+    g = geometry
+    n_fft, hop, win = g.n_fft, g.hop_length, g.win_size
+    x = np.asarray(wave, np.float32)
+    pad = (n_fft - hop) // 2
+    if win > n_fft or x.shape[-1] + 2 * pad < n_fft or x.shape[-1] <= pad:
+        raise ValueError(f"waveform of {x.shape[-1]} samples is too short for one mel frame "
+                         f"(n_fft {n_fft}, hop {hop}, window {win})")
+    x = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft, axis=-1)[..., ::hop, :]
+    spec = np.fft.rfft(frames * _window(win, n_fft), axis=-1)
+    magnitude = np.sqrt(np.square(spec.real) + np.square(spec.imag) + 1e-9).astype(np.float32)
+    basis = mel_filterbank(g.sampling_rate, n_fft, g.in_channels, float(g.fmin), float(g.fmax))
+    return np.log(np.maximum(magnitude @ basis.T, 1e-5)).astype(np.float32)
 
 
 def log_mel_24k(wave: jax.Array | np.ndarray, cfg: FlowMatchingConfig = FlowMatchingConfig(),

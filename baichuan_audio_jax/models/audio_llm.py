@@ -91,13 +91,20 @@ class AudioLLM(nnx.Module):
             out = e if out is None else out + e
         return out
 
-    def embed(self, input_ids: jax.Array, audio_codes: jax.Array | None = None) -> jax.Array:
-        """Text embeddings with ``audio_pad`` positions replaced by their frames' summed codes."""
+    def embed(self, input_ids: jax.Array, audio_codes: jax.Array | None = None,
+              audio_embeds: jax.Array | None = None) -> jax.Array:
+        """Text embeddings with ``audio_pad`` positions replaced by their frames' summed codes, or
+        by ``audio_embeds`` [B, S, H] (continuous audio features aligned with the sequence, e.g.
+        the audio tokenizer's quantised vectors during its LLM-alignment training)."""
+        if audio_codes is not None and audio_embeds is not None:
+            raise ValueError("give audio_codes or audio_embeds, not both")
         ids = jnp.clip(input_ids, 0, self.cfg.llm.vocab_size - 1)
         x = self.embed_tokens(ids)
+        is_audio = (input_ids == self.cfg.tokens.audio_pad_token_id)[..., None]
         if audio_codes is not None:
-            is_audio = (input_ids == self.cfg.tokens.audio_pad_token_id)[..., None]
             x = jnp.where(is_audio, self.audio_frame_embedding(audio_codes), x)
+        if audio_embeds is not None:
+            x = jnp.where(is_audio, audio_embeds.astype(x.dtype), x)
         return constrain(x, _ACT)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
@@ -116,7 +123,8 @@ class AudioLLM(nnx.Module):
     def __call__(self, input_ids: jax.Array, audio_codes: jax.Array | None = None, *,
                  positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
                  attention_mask: jax.Array | None = None, cache: KVCache | None = None,
-                 cache_index: jax.Array | int | None = None, compute_logits: bool = True) -> LMOutput:
+                 cache_index: jax.Array | int | None = None, compute_logits: bool = True,
+                 audio_embeds: jax.Array | None = None) -> LMOutput:
         """Forward over [B, S] ids.
 
         * ``positions`` [B, S]: RoPE positions (default 0..S−1, or 0..S−1 after ``cache_index``).
@@ -125,6 +133,8 @@ class AudioLLM(nnx.Module):
         * ``cache`` / ``cache_index``: stacked KV cache [L, B, S_max, KV, D]; the S new tokens
           are written at slots ``cache_index .. cache_index+S−1`` and attend to every earlier slot
           allowed by ``attention_mask``.
+        * ``audio_embeds`` [B, S, H]: continuous inputs at ``audio_pad`` positions instead of
+          code embeddings (see :meth:`embed`).
         """
         b, s = input_ids.shape
         offset = 0 if cache is None else cache_index
@@ -142,7 +152,7 @@ class AudioLLM(nnx.Module):
             mask = mask & key_padding_mask(attention_mask, s)
         mask = jnp.broadcast_to(mask, (b, s, t_k))
 
-        h = self.embed(input_ids, audio_codes)
+        h = self.embed(input_ids, audio_codes, audio_embeds)
 
         def body(layer, carry, layer_cache):
             return layer(carry, positions, mask, layer_cache, cache_index)

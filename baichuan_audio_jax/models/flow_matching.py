@@ -352,13 +352,16 @@ class FlowMatchingDecoder(nnx.Module):
 
 
 def cfm_loss(estimator: ConditionalUNet, x1: jax.Array, mask: jax.Array, mu: jax.Array, key: jax.Array, *,
-             sigma_min: float, cfg_dropout: float, scheduler: str = "cosine") -> jax.Array:
+             sigma_min: float, cfg_dropout: float, scheduler: str = "cosine",
+             denominator: jax.Array | None = None) -> jax.Array:
     """The reference's OT-CFM training loss (§4.8, defined there but not called at inference).
 
     Per sample t ~ U(0, 1) (cosine schedule: t = 1 − cos(t·π/2)), z ~ N(0, I);
     y = (1 − (1 − σ)t)·z + t·x₁, target u = x₁ − (1 − σ)·z; µ is zeroed for a sample with
     probability ``cfg_dropout`` (classifier-free-guidance training); the loss is
-    Σ((f(y, mask, µ, t) − u)² ⊙ mask) / (Σ mask · channels), in float32.
+    Σ((f(y, mask, µ, t) − u)² ⊙ mask) / (Σ mask · channels), in float32. A ``denominator``
+    replaces Σ mask · channels (training normalises by the whole global batch, so microbatches add
+    up to the batch's loss).
     """
     b, _, c = x1.shape
     k_t, k_z, k_drop = jax.random.split(key, 3)
@@ -375,4 +378,6 @@ def cfm_loss(estimator: ConditionalUNet, x1: jax.Array, mask: jax.Array, mu: jax
         mu = mu * keep[:, None, None].astype(mu.dtype)
     maskf = mask.astype(jnp.float32)[..., None]
     pred = estimator(y, mask, mu, t).astype(jnp.float32)
-    return jnp.sum(jnp.square(pred - u) * maskf) / (jnp.sum(maskf) * c)
+    if denominator is None:
+        denominator = jnp.sum(maskf) * c
+    return jnp.sum(jnp.square(pred - u) * maskf) / denominator

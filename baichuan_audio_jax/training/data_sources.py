@@ -7,8 +7,10 @@ this host's share of the global batch (``config.data.batch_size // process_count
 JSON-serialisable object and ``set_state(state)`` resumes so that the remaining batches are
 exactly those an uninterrupted run would produce; the engine stores the state in every checkpoint.
 
-``config.data.source`` selects the source: ``synthetic`` (below) or ``grain`` (the Grain
-pipelines of ``data_pipelines``, ``data_pipelines.build_train_iterator``).
+``config.data.source`` selects the source: ``synthetic`` (below), ``grain`` (the Grain
+pipelines of ``data_pipelines``, ``data_pipelines.build_train_iterator``) or ``grain_audio``
+(padded audio batches of the tokenizer and flow-matching tasks,
+``data_pipelines.audio_pipeline.build_audio_iterator``).
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ class TrainIterator(Protocol):
 Builder = Callable[..., TrainIterator]
 _SOURCES: dict[str, Builder] = {}
 # Sources living outside this package, imported on first use: name -> "module:function".
-_LAZY_SOURCES: dict[str, str] = {"grain": "data_pipelines:build_train_iterator"}
+_LAZY_SOURCES: dict[str, str] = {"grain": "data_pipelines:build_train_iterator",
+                                 "grain_audio": "data_pipelines.audio_pipeline:build_audio_iterator"}
 
 
 def register(name: str) -> Callable[[Builder], Builder]:

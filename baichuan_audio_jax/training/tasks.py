@@ -6,25 +6,26 @@ The engine (mesh, optimizer, train step, checkpoints, metrics, loop) is generic;
   (``llm/audio_head/...``);
 * ``make_model(model_cfg, rngs)``: builds the ``nnx.Module`` (its ``nnx.Param`` variables are
   trained, every other variable is *model state*, checkpointed but outside the gradient);
-* ``batch_fields``: field -> (dtype, trailing shape) of a ``[B, S, ...]`` batch;
-* ``denominators(batch)``: loss normalisers computed over the whole global batch;
-* ``loss(model, microbatch, denominators, rng, train_cfg) -> (loss, sums)``: a scalar to
-  differentiate and additive per-microbatch metrics;
+* ``batch_fields``: field -> (dtype, trailing shape) of a ``[B, S, ...]`` batch; or, for batches
+  whose fields have lengths of their own (audio frames, mel frames, transcript tokens),
+  ``row_shapes(config)``: field -> (dtype, per-row shape), see :meth:`Task.fields`;
+* ``denominators(batch, model_cfg)``: loss normalisers computed over the whole global batch;
+* ``loss(model, microbatch, denominators, rng, train_cfg, step) -> (loss, sums)``: a scalar to
+  differentiate and per-microbatch outputs: scalar metrics, and any arrays ``update_state``
+  needs (e.g. per-code assignment counts). Microbatch outputs are combined by ``merge_sums``
+  (default: addition); only scalars are reported as metrics;
 * ``trainable(stage)``: a :class:`Trainable` rule over parameter paths;
-* ``update_state(model_state, params, batch, sums) -> model_state`` (optional): a
-  non-gradient update applied after each optimizer step, e.g. the EMA codebooks of the audio
-  tokenizer's RVQ;
+* ``update_state(model_state, params, batch, sums, rng, step, train_cfg) -> (model_state,
+  metrics)`` (optional): a non-gradient update applied after each optimizer step from the
+  forward's outputs, e.g. the EMA codebooks of the audio tokenizer's RVQ; it may add metrics;
 * ``flops_per_step(model_cfg, batch_size, seq_len, train_cfg)``: model FLOPs of one optimizer
   step (forward + backward), for model FLOPs utilisation;
-* ``tokens(batch)``: tokens the step trains on (numpy, host side), for tokens/s;
+* ``tokens(batch)``: tokens (or frames) the step trains on (numpy, host side), for tokens/s;
 * ``validate(batch, model_cfg)`` (optional): raises ValueError naming the field when a host
   batch holds values the model cannot take (token ids, codes out of range).
 
-Two later tasks fit the same interface: the **audio tokenizer** (``make_model`` = encoder + VQ
-bridge + decoder; model state = EMA codebook sums/counts updated by ``update_state`` from
-``sums`` the loss returns; loss = mel reconstruction + commitment) and the **flow-matching
-decoder** (loss = the CFM objective with its own batch fields ``mel``, ``mel_lengths``, ``codes``;
-``rng`` drives the timestep and CFG-dropout draws). Register them with :func:`register`.
+The audio tokenizer (``training/tokenizer_task.py``) and the flow-matching decoder
+(``training/flow_task.py``) are tasks of this interface; register a task with :func:`register`.
 """
 from __future__ import annotations
 
@@ -68,6 +69,16 @@ class Task:
     tokens: Callable[[Mapping[str, np.ndarray]], int]
     update_state: Callable[..., Any] | None = None
     validate: Callable[..., None] | None = None
+    row_shapes: Callable[[Any], Mapping[str, tuple[type, tuple[int, ...]]]] | None = None
+    merge_sums: Callable[[dict, dict], dict] | None = None
+
+    def fields(self, config) -> dict[str, tuple[type, tuple[int, ...]]]:
+        """field -> (dtype, per-row shape) of this task's batches under ``config`` (``row_shapes``
+        if the task has it, else ``(data.seq_len, *trailing shape)`` of every ``batch_fields``)."""
+        if self.row_shapes is not None:
+            return {k: (dtype, tuple(int(n) for n in shape)) for k, (dtype, shape) in self.row_shapes(config).items()}
+        seq_len = int(config.data.seq_len)
+        return {k: (dtype, (seq_len, *suffix)) for k, (dtype, suffix) in self.batch_fields.items()}
 
     def trainable(self, stage: int | str) -> Trainable:
         s = parse_stage(stage)
@@ -89,6 +100,9 @@ def parse_stage(stage: int | str) -> int:
 
 
 _TASKS: dict[str, Task] = {}
+# Tasks defined in their own modules, imported (and so registered) on first use.
+_LAZY_TASKS = {"audio_tokenizer": "baichuan_audio_jax.training.tokenizer_task",
+               "flow_matching": "baichuan_audio_jax.training.flow_task"}
 
 
 def register(task: Task) -> Task:
@@ -97,8 +111,12 @@ def register(task: Task) -> Task:
 
 
 def get_task(name: str) -> Task:
+    if name not in _TASKS and name in _LAZY_TASKS:
+        import importlib
+
+        importlib.import_module(_LAZY_TASKS[name])
     if name not in _TASKS:
-        raise ValueError(f"unknown task {name!r}; choose from {sorted(_TASKS)}")
+        raise ValueError(f"unknown task {name!r}; choose from {sorted(set(_TASKS) | set(_LAZY_TASKS))}")
     return _TASKS[name]
 
 
@@ -112,8 +130,8 @@ def _make_audio_llm(model_cfg, rngs):
     return AudioLLM(model_cfg, rngs=rngs)
 
 
-def _audio_llm_loss(model, batch, denominators, rng, train_cfg):
-    del rng  # the audio LLM trains without dropout
+def _audio_llm_loss(model, batch, denominators, rng, train_cfg, step=None):
+    del rng, step  # the audio LLM trains without dropout or schedules
     from baichuan_audio_jax.training.losses import audio_llm_loss
 
     return audio_llm_loss(model, batch, denominators,
@@ -122,7 +140,7 @@ def _audio_llm_loss(model, batch, denominators, rng, train_cfg):
                           loss_chunk_size=int(train_cfg.loss_chunk_size))
 
 
-def _audio_llm_denominators(batch):
+def _audio_llm_denominators(batch, model_cfg=None):
     from baichuan_audio_jax.training.losses import loss_denominators
 
     return loss_denominators(batch)
@@ -199,14 +217,18 @@ def path_tree(tree: Any, prefix: str) -> Any:
 
 
 def check_batch_fields(task: Task, batch: Mapping[str, np.ndarray], rows: int, seq_len: int,
-                       where: str = "batch", model_cfg=None) -> None:
+                       where: str = "batch", model_cfg=None,
+                       fields: Mapping[str, tuple[type, tuple[int, ...]]] | None = None) -> None:
     """Raises ValueError naming the field when a host batch does not match the task's layout
-    (and, given ``model_cfg``, the task's value checks)."""
-    missing = [k for k in task.batch_fields if k not in batch]
+    (and, given ``model_cfg``, the task's value checks). ``fields`` (from :meth:`Task.fields`)
+    gives per-row shapes; without it every field is ``[rows, seq_len, *trailing]``."""
+    if fields is None:
+        fields = {k: (dtype, (seq_len, *suffix)) for k, (dtype, suffix) in task.batch_fields.items()}
+    missing = [k for k in fields if k not in batch]
     if missing:
         raise ValueError(f"{where} lacks field(s) {missing} required by task {task.name!r}")
-    for k, (dtype, suffix) in task.batch_fields.items():
-        want = (rows, seq_len, *suffix)
+    for k, (dtype, shape) in fields.items():
+        want = (rows, *shape)
         got = tuple(np.shape(batch[k]))
         if got != want:
             raise ValueError(f"{where} field {k!r}: shape {got}, expected {want}")

@@ -16,7 +16,12 @@ updates stay in the parameter dtype. Rematerialisation follows ``model.remat_pol
 Gradient accumulation (``train.grad_accum_steps`` = A): the global batch is split into A
 microbatches — microbatch j takes rows j, j+A, j+2A, …, so every device holds an equal share of
 each — and a ``lax.scan`` sums their gradients before one optimizer update. Loss normalisers
-are computed over the whole global batch first, so the result equals the unsplit step.
+are computed over the whole global batch first, so the result equals the unsplit step. The
+loss's other outputs are combined by the task's ``merge_sums`` (default: summed).
+
+After the optimizer update, a task's ``update_state`` (if any) updates the non-gradient model
+state from those outputs (e.g. EMA codebooks) with its own key, ``fold_in(step key, 1 << 30)``.
+Metrics are the scalar outputs plus whatever ``update_state`` reports.
 """
 from __future__ import annotations
 
@@ -59,6 +64,7 @@ class TrainProgram:
     step: Callable[[TrainState, dict], tuple[TrainState, dict]]
     flops_per_step: float
     trainable_description: str
+    fields: dict  # field -> (dtype, per-row shape)
 
     @property
     def rows(self) -> int:
@@ -74,9 +80,8 @@ class TrainProgram:
 
     def abstract_batch(self) -> dict:
         """ShapeDtypeStructs of a global batch with its shardings (for AOT lowering)."""
-        return {k: jax.ShapeDtypeStruct((self.rows, self.seq_len, *suffix), jnp.dtype(dtype),
-                                        sharding=self.batch_shardings[k])
-                for k, (dtype, suffix) in self.task.batch_fields.items()}
+        return {k: jax.ShapeDtypeStruct((self.rows, *shape), jnp.dtype(dtype), sharding=self.batch_shardings[k])
+                for k, (dtype, shape) in self.fields.items()}
 
 
 class InMesh:
@@ -132,19 +137,21 @@ def build_program(config, mesh: Mesh, task: Task | None = None, *, donate: bool 
     opt_sh = mesh_lib.optimizer_shardings(abstract.opt_state, abstract.params, param_sh, mesh)
     state_sh = TrainState(step=rep, params=param_sh, model_state=rest_sh, opt_state=opt_sh, rng=rep)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
-    batch_sh = mesh_lib.batch_shardings(mesh, task.batch_fields, rows, seq_len)
+    fields = task.fields(config)
+    batch_sh = {k: mesh_lib.batch_sharding(mesh, (rows, *shape)) for k, (_, shape) in fields.items()}
+    merge = task.merge_sums or (lambda a, b: jax.tree.map(jnp.add, a, b))
 
-    def loss_of(params, model_state, microbatch, denominators, rng):
+    def loss_of(params, model_state, microbatch, denominators, rng, step):
         model = nnx.merge(graphdef, params, model_state)
-        return task.loss(model, microbatch, denominators, rng, train_cfg)
+        return task.loss(model, microbatch, denominators, rng, train_cfg, step)
 
     grad_fn = jax.value_and_grad(loss_of, has_aux=True)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        denominators = task.denominators(batch)
+        denominators = task.denominators(batch, model_cfg)
         rng = state.step_key()
         if accum == 1:
-            (loss, sums), grads = grad_fn(state.params, state.model_state, batch, denominators, rng)
+            (loss, sums), grads = grad_fn(state.params, state.model_state, batch, denominators, rng, state.step)
         else:
             def split(x):  # [B, ...] -> [A, B/A, ...], microbatch j = rows j, j+A, ...
                 return jnp.swapaxes(x.reshape(rows // accum, accum, *x.shape[1:]), 0, 1)
@@ -152,24 +159,30 @@ def build_program(config, mesh: Mesh, task: Task | None = None, *, donate: bool 
 
             def body(carry, xs):
                 j, mb = xs
-                mb = {k: constrain(v, mesh_lib.BATCH_AXES + (None,) * (v.ndim - 2)) for k, v in mb.items()}
+                mb = {k: constrain(v, mesh_lib.BATCH_AXES[:v.ndim] + (None,) * (v.ndim - 2)) for k, v in mb.items()}
                 (mb_loss, mb_sums), g = grad_fn(state.params, state.model_state, mb, denominators,
-                                                jax.random.fold_in(rng, j))
-                return jax.tree.map(jnp.add, carry, (mb_loss, mb_sums, g)), None
+                                                jax.random.fold_in(rng, j), state.step)
+                c_loss, c_sums, c_g = carry
+                first = j == 0  # the first microbatch's outputs replace the zero carry (merge may not add)
+                merged = jax.tree.map(lambda new, m: jnp.where(first, new, m), mb_sums, merge(c_sums, mb_sums))
+                return (c_loss + mb_loss, merged, jax.tree.map(jnp.add, c_g, g)), None
 
             zero = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
                                 jax.eval_shape(grad_fn, state.params, state.model_state,
-                                               jax.tree.map(lambda x: x[0], micro), denominators, rng))
+                                               jax.tree.map(lambda x: x[0], micro), denominators, rng, state.step))
             (loss, sums, grads), _ = jax.lax.scan(body, (zero[0][0], zero[0][1], zero[1]),
                                                   (jnp.arange(accum), micro))
         grad_norm = trainable_norm(grads, labels)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = apply_updates(state.params, updates, labels)
-        model_state = state.model_state
+        model_state, state_metrics = state.model_state, {}
         if task.update_state is not None:
-            model_state = task.update_state(model_state, params, batch, sums)
+            model_state, state_metrics = task.update_state(model_state, params, batch, sums,
+                                                           jax.random.fold_in(rng, 1 << 30), state.step, train_cfg)
         new = state.replace(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state)
-        metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step), **sums}
+        scalars = {k: v for k, v in sums.items() if jnp.ndim(v) == 0}
+        metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step), **scalars,
+                   **state_metrics}
         return new, metrics
 
     init_jit = InMesh(jax.jit(init, out_shardings=state_sh), mesh)
@@ -180,4 +193,4 @@ def build_program(config, mesh: Mesh, task: Task | None = None, *, donate: bool 
         schedule=schedule, abstract_state=abstract, state_shardings=state_sh, batch_shardings=batch_sh,
         init=init_jit, step=step_jit,
         flops_per_step=float(task.flops_per_step(model_cfg, rows, seq_len, train_cfg)),
-        trainable_description=f"stage {parse_stage(config.stage)}: {rule.description}")
+        trainable_description=f"stage {parse_stage(config.stage)}: {rule.description}", fields=fields)

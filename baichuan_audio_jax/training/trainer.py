@@ -3,7 +3,9 @@
 1. ``jax.distributed`` from the environment (multi-host), the mesh from ``config.mesh``;
 2. the compiled program (:mod:`train_step`), the trainable-parameter report;
 3. the latest checkpoint in ``<workdir>/checkpoints`` restored if there is one (onto this
-   run's mesh), otherwise a fresh state; the data iterator resumed from the checkpoint;
+   run's mesh), otherwise a fresh state with the parts named by ``config.init_from`` loaded
+   from trained runs or bundles (:mod:`initial_weights`); the data iterator resumed from the
+   checkpoint;
 4. steps until ``config.steps``: host batch -> global arrays -> step; metrics every
    ``log_every`` steps (and the last), a checkpoint every ``checkpoint_every`` steps and at the
    end.
@@ -23,6 +25,7 @@ import numpy as np
 from baichuan_audio_jax.training import distributed
 from baichuan_audio_jax.training.checkpointing import Checkpointer
 from baichuan_audio_jax.training.data_sources import build_iterator
+from baichuan_audio_jax.training.initial_weights import apply_init_from
 from baichuan_audio_jax.training.mesh import describe, mesh_from_config
 from baichuan_audio_jax.training.metrics import MetricsWriter
 from baichuan_audio_jax.training.tasks import check_batch_fields
@@ -59,6 +62,7 @@ def train(config, workdir: str, *, progress: bool = True, log=print) -> dict[str
         say(f"resumed from step {start} ({checkpointer.directory})")
     else:
         state, start = program.init(), 0
+        state = apply_init_from(config, state, program.state_shardings, mesh, log=say)
         say(f"initialised a new state in {workdir}")
     local_rows = rows // pcount
     metrics_out = MetricsWriter(workdir, start_step=start, total_steps=total, enabled=primary,
@@ -71,7 +75,7 @@ def train(config, workdir: str, *, progress: bool = True, log=print) -> dict[str
             host = next(iterator)
             check_batch_fields(program.task, host, local_rows, program.seq_len,
                                where=f"data.source={config.data.source!r} batch {step}",
-                               model_cfg=program.model_cfg)
+                               model_cfg=program.model_cfg, fields=program.fields)
             batch = distributed.global_batch(host, program.batch_shardings, rows)
             state, metrics = program.step(state, batch)
             window_steps += 1

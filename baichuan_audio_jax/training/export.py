@@ -1,0 +1,80 @@
+"""Trained runs → the reference PyTorch layout.
+
+A checkpoint of the ``audio_tokenizer`` or ``flow_matching`` task holds the reference modules
+under known attributes (``tokenizer``: encoder, VQ bridge with codebooks and EMA statistics,
+audio decoder; ``flow``: prenet and U-Net). :func:`reference_tensors` maps them through the
+conversion tables (:mod:`baichuan_audio_jax.conversion.tables`) to reference names
+(``audio_tokenizer.audio_model.*``, ``.audio_bridge_model.*``, ``.audio_decoder.*``,
+``.audio_flow_matching_decoder.*``) in the reference layouts (Linear ``[out, in]``, Conv1d
+``[out, in, k]``, ConvTranspose1d ``[in, out, k]``). Training-only parts (the alignment LLM, its
+adapter, code-usage counters) are not part of the reference model and are left out.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from baichuan_audio_jax.config import ModelConfig, reference_config_from_model
+
+# task -> (attribute of the trained model, table functions of the part)
+_PARTS = {
+    "audio_tokenizer": [("tokenizer", "audio_tokenizer")],
+    "flow_matching": [("tokenizer", "audio_tokenizer"), ("flow", "flow_matching")],
+}
+
+
+def _tables(kind: str, cfg: ModelConfig):
+    from baichuan_audio_jax.conversion.tables.audio_tokenizer import audio_tokenizer_tables
+    from baichuan_audio_jax.conversion.tables.flow_matching import flow_matching_table
+
+    return list(audio_tokenizer_tables(cfg)) if kind == "audio_tokenizer" else [flow_matching_table(cfg)]
+
+
+def trained_model(workdir: str, step: int | None = None) -> tuple[nnx.Module, Any, int]:
+    """(model with the checkpoint's weights, run config, step) of a training run, on one device."""
+    from baichuan_audio_jax.sharding import make_mesh
+    from baichuan_audio_jax.training.initial_weights import run_state
+
+    mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    state, program = run_state(workdir, mesh, step)
+    model = nnx.merge(program.graphdef, nnx.State(state.params), nnx.State(state.model_state))
+    return model, program.config, int(state.step)
+
+
+def reference_tensors(model: nnx.Module, task: str, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """Reference name -> float32 numpy tensor for every reference tensor of the trained parts."""
+    from baichuan_audio_jax.conversion.mapping import combine_tables, export_tensors
+
+    if task not in _PARTS:
+        raise ValueError(f"runs of task {task!r} cannot be exported here (tasks: {sorted(_PARTS)})")
+    out: dict[str, np.ndarray] = {}
+    for attr, kind in _PARTS[task]:
+        state = nnx.state(getattr(model, attr))
+        for name, t in export_tensors(state, combine_tables(*_tables(kind, cfg))):
+            out[name] = np.ascontiguousarray(np.asarray(t, np.float32))
+    return out
+
+
+def export_run(workdir: str, out_dir: str, step: int | None = None, dtype: str = "float32") -> dict:
+    """Writes ``out_dir/model.safetensors`` (reference names and layouts) and ``out_dir/config.json``
+    (reference format) for a training run; returns a summary."""
+    from safetensors.numpy import save_file
+
+    model, config, at = trained_model(workdir, step)
+    cfg = ModelConfig.from_config(config.model)
+    tensors = reference_tensors(model, str(config.task), cfg)
+    if dtype != "float32":
+        import ml_dtypes  # noqa: F401  (bfloat16 numpy dtype)
+
+        tensors = {k: v.astype(np.dtype(dtype)) for k, v in tensors.items()}
+    os.makedirs(out_dir, exist_ok=True)
+    save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(reference_config_from_model(cfg), f, indent=1)
+    return dict(task=str(config.task), step=at, tensors=len(tensors),
+                elements=int(sum(v.size for v in tensors.values())), out=out_dir)

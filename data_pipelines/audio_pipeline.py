@@ -1,0 +1,191 @@
+"""The audio input pipeline: manifests → waveforms → padded audio batches, per host, resumable.
+
+``build_audio_iterator(config, process_index=i, process_count=n)`` is the ``grain_audio`` data
+source of the training engine, for the ``audio_tokenizer`` and ``flow_matching`` tasks. Its
+batches follow :mod:`baichuan_audio_jax.audio_batch` (padded log-mel features, mel targets and
+transcript ids with their lengths). It shares the token pipeline's machinery
+(:mod:`data_pipelines.pipeline`): the same ``data.sources`` specs (JSONL manifests here: audio
+must be decoded), per-host sharding (host i reads items i, i + n, …), per-epoch shuffling,
+weighted mixing, skip counting by reason and the resumable iterator state.
+
+Per record:
+
+1. the manifest line is parsed and validated (:mod:`data_pipelines.manifest`); the record must
+   have an ``audio`` reference, and for the tokenizer's LLM-alignment loss a ``text`` transcript;
+2. the audio is decoded and resampled to 16 kHz (and to the flow-matching rate for
+   ``flow_matching``); files that are missing, empty, corrupt, too short for one audio token or
+   longer than a row (``data.seq_len`` log-mel frames, ``data.max_audio_seconds``) are skipped
+   and counted by reason;
+3. the transcript is tokenized (``data.tokenizer``) and ends with EOS; longer than
+   ``data.text_len`` is skipped as ``sequence_too_long``.
+"""
+from __future__ import annotations
+
+import grain
+import ml_collections
+import numpy as np
+
+from baichuan_audio_jax import audio_batch
+from baichuan_audio_jax.audio.io import AudioError, load_audio
+from baichuan_audio_jax.audio.whisper_logmel import ENCODER_LOWPASS_FILTER_WIDTH
+from baichuan_audio_jax.config import ModelConfig
+from baichuan_audio_jax.records import resolve_audio_path
+from data_pipelines import mixture
+from data_pipelines.audio_codes import min_samples_for_one_token
+from data_pipelines.manifest import validate
+from data_pipelines.pipeline import TrainIterator, _seed, data_fingerprint, source_specs
+from data_pipelines.skips import CountSkipsIterDataset, RecordError, Skip
+from data_pipelines.sources import JsonlSource, parse_line
+from data_pipelines.text_tokenizer import check_special_tokens, load_text_tokenizer
+
+TASKS = ("audio_tokenizer", "flow_matching")
+
+
+class AudioExample:
+    """Manifest line → one row's fields (unpadded) or :class:`Skip`; picklable for Grain workers."""
+
+    def __init__(self, source: JsonlSource, model: ModelConfig, task: str, *, max_samples: int,
+                 max_seconds: float, text_len: int, tokenizer_path: str = ""):
+        self.source, self.model, self.task = source, model, task
+        self.max_samples, self.max_seconds, self.text_len = max_samples, max_seconds, text_len
+        self.tokenizer_path = tokenizer_path
+        self._tokenizer = None
+        self.min_samples = min_samples_for_one_token(model.audio_encoder, model.vq_bridge)
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None and self.tokenizer_path:
+            self._tokenizer = load_text_tokenizer(self.tokenizer_path)
+        return self._tokenizer
+
+    def __getstate__(self):
+        return {**self.__dict__, "_tokenizer": None}
+
+    def __call__(self, item):
+        origin = self.source.origin(item)
+        try:
+            return self._build(item)
+        except RecordError as e:
+            return Skip.of(e, origin)
+
+    def _load(self, path: str, rate: int, lowpass: int | None = None) -> np.ndarray:
+        try:
+            kw = {} if lowpass is None else {"lowpass_filter_width": lowpass}
+            return load_audio(path, rate, max_seconds=self.max_seconds, **kw)
+        except AudioError as e:
+            raise RecordError(e.reason, str(e)) from None
+
+    def _build(self, item) -> dict:
+        _, line = item
+        record = parse_line(line)
+        validate(record)
+        ref = record.get("audio")
+        if not isinstance(ref, str) or not ref:
+            raise RecordError("invalid_record", "the record has no 'audio' reference (a single audio file)")
+        path = resolve_audio_path(self.source.path, ref)
+        enc = self.model.audio_encoder
+        wav = self._load(path, enc.sampling_rate, ENCODER_LOWPASS_FILTER_WIDTH)
+        if wav.shape[0] < self.min_samples:
+            raise RecordError("too_short", f"{path}: {wav.shape[0]} samples at {enc.sampling_rate} Hz give no "
+                                           f"audio token (< {self.min_samples})")
+        if wav.shape[0] > self.max_samples:
+            raise RecordError("too_long", f"{path}: {wav.shape[0] / enc.sampling_rate:.2f} s is longer than a row "
+                                          f"holds ({self.max_samples / enc.sampling_rate:.2f} s, data.seq_len)")
+        try:
+            if self.task == "flow_matching":
+                rate = self.model.flow_matching.sampling_rate
+                target = wav if rate == enc.sampling_rate else self._load(path, rate)
+                return audio_batch.flow_example(wav, target, self.model)
+            ids: list[int] = []
+            if self.tokenizer is not None:
+                text = record.get("text")
+                if not isinstance(text, str) or not text.strip():
+                    raise RecordError("invalid_record", "the record has no 'text' transcript (the LLM alignment "
+                                                        "loss needs one)")
+                ids = list(self.tokenizer.encode(text)) + [self.model.tokens.eos_token_id]
+                if len(ids) > self.text_len:
+                    raise RecordError("sequence_too_long", f"transcript of {len(ids)} tokens (with EOS) exceeds "
+                                                           f"data.text_len={self.text_len}")
+            return audio_batch.tokenizer_example(wav, self.model, ids)
+        except audio_batch.TargetTooShort as e:
+            raise RecordError("too_short", f"{path}: {e}") from None
+
+
+class PadBatch:
+    """Examples → one padded host batch (:func:`baichuan_audio_jax.audio_batch.pad_rows`)."""
+
+    def __init__(self, shapes):
+        self.shapes = shapes
+
+    def __call__(self, examples):
+        return audio_batch.pad_rows(examples, self.shapes)
+
+
+def row_shapes(config: ml_collections.ConfigDict) -> dict:
+    """Per-row field shapes of ``config.task``'s audio batches."""
+    model = ModelConfig.from_config(config.model)
+    task = str(config.task)
+    if task == "flow_matching":
+        return audio_batch.flow_row_shapes(model, int(config.data.seq_len))
+    if task == "audio_tokenizer":
+        return audio_batch.tokenizer_row_shapes(model, int(config.data.seq_len), int(config.data.text_len))
+    raise ValueError(f"data.source='grain_audio' serves the tasks {list(TASKS)}, not {task!r}")
+
+
+def build_audio_iterator(config: ml_collections.ConfigDict, *, process_index: int = 0,
+                         process_count: int = 1) -> TrainIterator:
+    """This host's padded audio batches (``config.data.batch_size // process_count`` rows)."""
+    data = config.data
+    shapes = row_shapes(config)
+    model = ModelConfig.from_config(config.model)
+    task = str(config.task)
+    rows = int(data.batch_size) // process_count
+    seq_len = int(data.seq_len)
+    enc = model.audio_encoder
+    max_frames = audio_batch.log_mel_config(model).max_frames
+    if seq_len > max_frames:
+        raise ValueError(f"data.seq_len={seq_len} log-mel frames exceed one encoder chunk ({max_frames} frames, "
+                         f"model.audio_encoder.max_audio_seconds={enc.max_audio_seconds})")
+    tokenizer_path = str(data.get("tokenizer", "") or "") if task == "audio_tokenizer" else ""
+    llm_weight = float(config.train.get("tokenizer", {}).get("llm_weight", 0.0)) if task == "audio_tokenizer" else 0
+    if llm_weight > 0 and not tokenizer_path:
+        raise ValueError("train.tokenizer.llm_weight > 0 needs transcripts: set data.tokenizer to a text tokenizer "
+                         "(e.g. `baichuan-audio data train-tokenizer ...`), or set train.tokenizer.llm_weight=0")
+    if tokenizer_path:
+        tok = load_text_tokenizer(tokenizer_path)
+        check_special_tokens(tok, model.tokens, model.llm.vocab_size)
+    # L = n // hop + 1 <= seq_len  <=>  n < seq_len · hop
+    max_samples = seq_len * enc.hop_length - 1
+    max_seconds = float(data.get("max_audio_seconds", 0) or 0) or max_samples / enc.sampling_rate
+    specs = source_specs(data)
+    seed = int(data.seed)
+    epochs = int(data.get("num_epochs", 0) or 0)
+    datasets = []
+    for i, spec in enumerate(specs):
+        if spec.kind != "jsonl":
+            raise ValueError(f"data.sources entry {spec.label}: the audio pipeline reads JSONL manifests "
+                             f"(audio files), not {spec.kind} sources")
+        source = JsonlSource(spec, None)
+        ds = source.dataset()
+        if len(ds) < process_count:
+            raise ValueError(f"source {spec.label} has {len(ds)} records, fewer than the {process_count} hosts")
+        ds = ds[process_index::process_count]
+        if data.shuffle:
+            ds = ds.shuffle(seed=_seed(seed, i))
+        ds = ds.repeat(epochs if epochs > 0 else None)
+        datasets.append(ds.map(AudioExample(source, model, task, max_samples=max_samples, max_seconds=max_seconds,
+                                            text_len=int(data.get("text_len", 0) or 0),
+                                            tokenizer_path=tokenizer_path)))
+    ds = mixture.mix(datasets, [s.weight for s in specs], [s.label for s in specs])
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(data.read_threads),
+                                              prefetch_buffer_size=int(data.prefetch)))
+    it = CountSkipsIterDataset(it, max_consecutive=int(data.max_consecutive_skips))
+    it = it.batch(rows, drop_remainder=True, batch_fn=PadBatch(shapes))
+    if int(data.worker_count) > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(data.worker_count)))
+    return TrainIterator(iter(it), process_index=process_index, process_count=process_count,
+                         fingerprint=data_fingerprint(config))
