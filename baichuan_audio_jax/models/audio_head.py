@@ -41,8 +41,8 @@ class DepthFFN(nnx.Module):
         self.w1 = param(rngs, fan_in_normal(in_axis=1), (depth, dim, hidden), ("depth", "embed", "mlp"), param_dtype)
         self.w2 = param(rngs, fan_in_normal(in_axis=1), (depth, hidden, dim), ("depth", "mlp", "embed"), param_dtype)
 
-    def __call__(self, r: jax.Array, position: int | None = None) -> jax.Array:
-        """r [B, D, dim] over all depth positions, or [B, dim] at a static ``position``."""
+    def __call__(self, r: jax.Array, position: int | jax.Array | None = None) -> jax.Array:
+        """r [B, D, dim] over all depth positions, or [B, dim] at one (static or traced) ``position``."""
         w1, w2 = self.w1[...].astype(self.dtype), self.w2[...].astype(self.dtype)
         if position is None:
             h = gelu(jnp.einsum("bld,ldt->blt", r, w1))
@@ -67,8 +67,8 @@ class DepthLayer(nnx.Module):
         r = self.norm2(y + a)
         return r + self.ffn(r)
 
-    def step(self, y: jax.Array, position: int, cache: KVCache) -> tuple[jax.Array, KVCache]:
-        """y [B, dim] at depth ``position``; cache k/v [B, 8, heads, head_dim]."""
+    def step(self, y: jax.Array, position: int | jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """y [B, dim] at depth ``position`` (static or traced); cache k/v [B, 8, heads, head_dim]."""
         n = self.norm1(y)[:, None, :]
         attn = self.attn
         q, k, v = attn.q_proj(n), attn.k_proj(n), attn.v_proj(n)
@@ -134,14 +134,19 @@ class AudioHead(nnx.Module):
         shape = (num_layers, batch, n, self.num_heads, self.head_dim)
         return KVCache(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype))
 
+    def decode_trunk(self, inp: jax.Array, position: int | jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """The depth transformer's output [B, H] at ``position`` (static or traced) given that
+        position's depth input [B, H]; the classifier is applied by :meth:`decode_step`."""
+        def body(layer, y, layer_cache):
+            y, new = layer.step(y, position, layer_cache)
+            return y, new
+
+        return run_stack(self.layers, inp.astype(self.dtype), body, xs=cache, scan=self.scan)
+
     def decode_step(self, inp: jax.Array, position: int, cache: KVCache) -> tuple[jax.Array, KVCache]:
         """Logits of codebook ``position`` (static) given that position's depth input [B, H].
 
         ``inp`` is x for position 0, else the running sum of code embeddings 0..position−1.
         """
-        def body(layer, y, layer_cache):
-            y, new = layer.step(y, position, layer_cache)
-            return y, new
-
-        y, new_cache = run_stack(self.layers, inp.astype(self.dtype), body, xs=cache, scan=self.scan)
+        y, new_cache = self.decode_trunk(inp, position, cache)
         return self.heads[position](self.headnorm(y)), new_cache
