@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 from data_pipelines.skips import RecordError
 
-TASKS = ("asr", "aqa", "s2tt", "intlv", "tts", "itts", "audio", "chat")
+TASKS = ("asr", "aqa", "s2tt", "intlv", "tts", "itts", "audio", "chat", "text")
 ROLES = ("system", "user", "assistant")
 # Fields whose strings become model text (at any depth: segments, turns); other string fields
 # (``uttid``, ``voice`` …) are metadata.
@@ -121,6 +121,12 @@ def _check_itts(rec: dict) -> None:
         _audio(seg, f"itts segments[{i}]")
 
 
+def _check_text(rec: dict) -> None:
+    _text(rec, "text", "text record")
+    if "audio" in rec:
+        raise RecordError("invalid_record", "text record: pure text has no 'audio' (an ASR record has no 'task')")
+
+
 def _check_audio(rec: dict) -> None:
     _audio(rec, "audio record")
 
@@ -156,7 +162,7 @@ def _speech_content(obj: dict, where: str) -> None:
 
 _CHECKS: dict[str, Callable[[dict], None]] = dict(
     asr=_check_asr, aqa=_check_aqa, s2tt=_check_s2tt, intlv=_check_intlv, tts=_check_tts,
-    itts=_check_itts, audio=_check_audio, chat=_check_chat)
+    itts=_check_itts, audio=_check_audio, chat=_check_chat, text=_check_text)
 
 
 def task_of(record: dict) -> str:

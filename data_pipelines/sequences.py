@@ -17,6 +17,8 @@ Which targets carry loss (weight 1; everything else 0):
 * INTLV: every text segment (and ``<|endoftext|>`` when the record ends with text); **no loss on
   the audio segments** (input audio, paper §3.3.1).
 * TTS, pure audio: the generated audio frames and their EOS frame only.
+* Pure text: the text and its closing ``<|endoftext|>`` (keeps the LLM's text ability; also
+  the text pretraining of a model built from scratch).
 * ITTS: **every segment except the first text segment**: text segments 2…n, every audio segment
   with its EOS frame, and the ``<audiogen_start>`` after text 2…n (the model decides to start
   speaking once it has written the text). Ends ``<|endoftext|>`` without loss.
@@ -177,6 +179,10 @@ class SequenceBuilder:
     def _audio(self, record: dict, layout: _Layout) -> None:
         self._generated_audio(record, layout, loss=True, start_loss=False)
         layout.token(self.t.eos_token_id, False)
+
+    def _text(self, record: dict, layout: _Layout) -> None:
+        layout.text(self._encode(record["text"]), True)
+        layout.token(self.t.eos_token_id, True)
 
     def _itts(self, record: dict, layout: _Layout) -> None:
         for i, seg in enumerate(record["segments"]):

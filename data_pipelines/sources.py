@@ -126,11 +126,12 @@ class JsonlSource(Source):
         n, line = item
         record = parse_line(line)
         validate(record)
-        if self.codes_for is None:
+        refs = audio_refs(record)
+        if refs and self.codes_for is None:
             raise ValueError(f"source {self.spec.path} is a JSONL manifest: it needs an audio tokenizer "
                              "(data.audio_tokenizer) or pre-tokenized shards (`baichuan-audio tokenize`)")
         codes = []
-        for ref in audio_refs(record):
+        for ref in refs:
             path = resolve_audio_path(self.path, ref)
             try:
                 codes.append(self.codes_for(path))

@@ -219,8 +219,14 @@ def test_jsonl_on_the_fly_counts_skips(tiny_config, data, tmp_path):
 
 def test_jsonl_without_audio_tokenizer_is_a_clear_error(data, tmp_path):
     manifest = write_manifest(str(tmp_path / "m.jsonl"), [{"audio": "a.wav", "text": "x"}])
-    with pytest.raises(ValueError, match="audio tokenizer"):
-        build_train_iterator(_config(data, sources=[manifest]))
+    with pytest.raises(ValueError, match="m.jsonl.*audio tokenizer"):
+        next(build_train_iterator(_config(data, sources=[manifest])))
+
+
+def test_pure_text_manifest_needs_no_audio_tokenizer(data, tmp_path):
+    manifest = write_manifest(str(tmp_path / "t.jsonl"), [{"task": "text", "text": f"line {i}"} for i in range(6)])
+    batch = next(build_train_iterator(_config(data, sources=[manifest])))
+    assert batch["text_weights"].sum() > 0 and batch["audio_weights"].sum() == 0
 
 
 def test_tfds_source(tiny_config, data, tmp_path):

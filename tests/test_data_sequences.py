@@ -177,6 +177,13 @@ def test_pure_audio(env):
     assert_example(got, expected(model, toks, [0] * 7, [(1, c, True, True)]))
 
 
+def test_pure_text(env):
+    model, chars, builder = env
+    got = builder.build({"task": "text", "text": "ab"}, [])
+    toks = [*ids(chars, "ab"), model.tokens.eos_token_id]
+    assert_example(got, expected(model, toks, [1, 1, 1], []))
+
+
 def test_chat_loss_on_assistant_turns_only(env):
     """Chat SFT: system/user turns and role prefixes carry no loss; assistant text, audiogen tags,
     frames, EOS frames and the end-of-turn EOS do; previous assistant turns train too."""
@@ -224,6 +231,8 @@ def test_chat_default_system_prompt(env):
     ({"task": "chat", "turns": [{"role": "user", "text": "q"}]}, 0, "invalid_record"),
     ({"task": "chat", "turns": [{"role": "bot", "text": "q"}]}, 0, "invalid_record"),
     ({"task": "asr", "audio": "a", "text": "x"}, 2, "invalid_codes"),
+    ({"task": "text", "text": ""}, 0, "invalid_record"),
+    ({"task": "text", "text": "x", "audio": "a"}, 1, "invalid_record"),
 ])
 def test_rejected_records(env, record, n_codes, reason):
     model, _, builder = env
