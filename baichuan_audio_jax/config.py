@@ -691,6 +691,9 @@ def default_run_config() -> ml_collections.ConfigDict:
     cfg.log_every = 10
     cfg.checkpoint_every = 500
     cfg.stage = 0
+    # Parts of the model that start from trained weights (training/initial_weights.py); "model":
+    # the whole model, e.g. "runs/stage1#" for stage 2, "BUNDLE#llm" for a converted LLM.
+    cfg.init_from = ml_collections.ConfigDict(dict(model=""))
     cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     cfg.data = default_data_config()
     cfg.train = ml_collections.ConfigDict(dict(

@@ -7,6 +7,11 @@
     init_from.tokenizer = "runs/tokenizer_tiny#tokenizer"   # ... or the part named after '#'
     init_from.llm = "bundles/qwen_tiny#llm"                 # a model bundle (convert / train export)
     init_from.llm = "runs/audio_llm_tiny#"                  # '#' alone: the source's whole model
+    init_from.model = "runs/stage1#"                         # 'model': this run's whole model
+
+``model`` names this run's whole model (unless the model has a part of that name): an audio-LLM
+stage-2 run starts from a stage-1 run with ``init_from.model = "RUN#"``, or from a bundle's
+language model with ``init_from.model = "BUNDLE#llm"``.
 
 A training run (a ``train`` workdir) is read from its latest checkpoint (``config.json`` beside
 it says which task and model it trained); a model bundle through :func:`bundle.load_bundle`.
@@ -34,6 +39,13 @@ def _key(tree: Any, name: str):
     raise KeyError(name)
 
 
+WHOLE_MODEL = "model"
+
+
+def _has_key(tree: Any, name: str) -> bool:
+    return any(str(k) == name for k in tree)
+
+
 def subtree(tree: Any, path: str, where: str) -> Any:
     node = tree
     for part in [p for p in path.split("/") if p]:
@@ -42,6 +54,15 @@ def subtree(tree: Any, path: str, where: str) -> Any:
         except (KeyError, TypeError):
             raise ValueError(f"{where} has no part {path!r} (missing {part!r})") from None
     return node
+
+
+def optional_subtree(tree: Any, path: str) -> Any:
+    """:func:`subtree`, or an empty dict when the part has no variables of this kind (e.g. a model
+    part without buffers has no entry in the non-parameter state)."""
+    try:
+        return subtree(tree, path, "")
+    except ValueError:
+        return {}
 
 
 def _replace(tree: Any, path: str, value: Any) -> Any:
@@ -99,7 +120,7 @@ def _source_parts(location: str, part: str, mesh) -> tuple[Any, Any]:
     if os.path.exists(os.path.join(location, "checkpoints")):
         state, _ = run_state(location, mesh)
         return (subtree(state.params, part, f"training run {location}"),
-                subtree(state.model_state, part, f"training run {location}"))
+                optional_subtree(state.model_state, part))
     raise ValueError(f"init_from source {location!r} is neither a model bundle nor a training run "
                      "(a workdir with checkpoints/)")
 
@@ -127,16 +148,20 @@ def apply_init_from(config, state: TrainState, state_shardings: TrainState, mesh
         if not spec:
             continue
         location, part = parse_spec(target, spec)
+        if target == WHOLE_MODEL and not _has_key(params, WHOLE_MODEL):
+            target = ""
+            part = "" if part == WHOLE_MODEL else part
         src_params, src_rest = _source_parts(location, part, mesh)
         want_params = subtree(params, target, "this model")
-        want_rest = subtree(model_state, target, "this model")
+        want_rest = optional_subtree(model_state, target)
         _check_same(target, src_params, want_params)
         _check_same(target, src_rest, want_rest)
         put = lambda src, want, sh: jax.tree.map(lambda a, w, s: jax.device_put(jax.numpy.asarray(a, w.dtype), s),
                                                  src, want, sh)
         params = _replace(params, target, put(src_params, want_params,
                                               subtree(state_shardings.params, target, "shardings")))
-        model_state = _replace(model_state, target, put(src_rest, want_rest,
-                                                        subtree(state_shardings.model_state, target, "shardings")))
-        log(f"initialised {target} from {location} ({part or 'whole model'})")
+        if want_rest:
+            model_state = _replace(model_state, target, put(src_rest, want_rest,
+                                                            subtree(state_shardings.model_state, target, "shardings")))
+        log(f"initialised {target or 'the model'} from {location} ({part or 'whole model'})")
     return state.replace(params=params, model_state=model_state)
