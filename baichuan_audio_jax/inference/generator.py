@@ -43,7 +43,7 @@ from baichuan_audio_jax.inference.prompts import (
 from baichuan_audio_jax.inference.sampling import SamplingParams
 from baichuan_audio_jax.inference.stop_strings import token_strings
 from baichuan_audio_jax.inference.streaming import AudioStream
-from baichuan_audio_jax.inference.waveform import SAMPLE_RATE, SpeechDecoder, codes_to_wave
+from baichuan_audio_jax.inference.waveform import SAMPLE_RATE, SpeechDecoder, codes_to_wave, warn_no_vocoder
 from baichuan_audio_jax.models.audio_llm import AudioLLM
 
 # The reference's sampling table (§6.6).
@@ -170,6 +170,8 @@ class Generator:
         if "audio_tokenizer" in present:
             runtime = AudioTokenizerRuntime(b.config, nnx.state(b.model.audio_tokenizer), batch_size=batch_size)
             speech = SpeechDecoder(runtime, getattr(b.model, "flow_matching", None), b.vocoder)
+            if b.vocoder is None and "flow_matching" in present:
+                warn_no_vocoder(path)
         gen = cls(b.model.llm, tokenizer, speech=speech, max_context=max_context, mesh=mesh)
         gen.source = path
         return gen
@@ -177,7 +179,8 @@ class Generator:
     # ------------------------------------------------------------------ modes
 
     def asr(self, audio, *, instruction: str = ASR_INSTRUCTION, **options) -> GenerationResult:
-        """Transcribes an audio file (or a 16 kHz waveform)."""
+        """Transcribes an audio file, a 16 kHz waveform (float [samples]) or audio codes already
+        tokenized (integer [N, 8], e.g. a TTS result's segments joined)."""
         prompt = self.prompts.asr(self._audio_codes(audio), instruction)
         return self._run("asr", [prompt], options)
 
@@ -233,7 +236,10 @@ class Generator:
         if self.speech is None:
             raise ValueError(f"{self._where()} has no audio tokenizer: speech input is not available")
         rt = self.speech.tokenizer
-        if isinstance(audio, (str, os.PathLike)):
+        if isinstance(audio, np.ndarray) and audio.ndim == 2 and np.issubdtype(audio.dtype, np.integer):
+            codes = rt.check_codes(audio, "audio codes")
+            where = "audio codes"
+        elif isinstance(audio, (str, os.PathLike)):
             codes = rt.encode_file(audio)
             where = os.fspath(audio)
         else:
@@ -251,12 +257,12 @@ class Generator:
         sampling = mode.sampling.replace(**{k: options.get(k) for k in _SAMPLING_OPTIONS})
         protocol = mode.protocol
         if mode.speech_output:
-            parts = dict(audio_tokenizer=self.speech, flow_matching=getattr(self.speech, "flow_matching", None),
-                         vocoder=getattr(self.speech, "vocoder", None))
+            # Without vocoder weights the mel is inverted by Griffin-Lim (SpeechDecoder).
+            parts = dict(audio_tokenizer=self.speech, flow_matching=getattr(self.speech, "flow_matching", None))
             missing = [name for name, part in parts.items() if part is None]
             if missing:
                 raise ValueError(f"mode {mode.name} speaks, but {self._where()} has no {', '.join(missing)} "
-                                 "(`baichuan-audio convert` adds components; `--component vocoder` the vocoder)")
+                                 "(`baichuan-audio convert` adds components)")
         if self.speech is not None:
             # Segments no longer than the audio decoder takes; the same frame limit in every mode
             # also lets every mode share one compiled decoding loop.

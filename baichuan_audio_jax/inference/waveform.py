@@ -11,6 +11,8 @@ The back half works on the audio decoder's hidden states before ``dconv2`` ``[B,
 * :func:`hidden_to_mel`: prenet + CFM sampler (Euler, classifier-free guidance) as one compiled
   program; the noise is given or drawn from a PRNG key; steps and guidance rate configurable.
 * :func:`mel_to_wave`: the HiFT vocoder; its source randomness is given or drawn from a key.
+  Without vocoder weights (``vocoder=None``) the mel is inverted by Griffin-Lim instead
+  (:mod:`baichuan_audio_jax.inference.griffin_lim`).
 * :func:`decode_segments`: each segment decoded on its own (batch 1, fresh randomness), vocoded,
   and joined with :func:`concat_segments` — the reference's generation path (§6.7).
 * :func:`concat_segments`: the reference's *inserting* cross-fade.
@@ -126,7 +128,7 @@ def concat_segments(waves: Sequence[np.ndarray], overlap: int = CROSSFADE_SAMPLE
     return np.concatenate(pieces)
 
 
-def decode_segments(decoder: FlowMatchingDecoder, vocoder: HiFTGenerator, hidden_segments: Sequence,
+def decode_segments(decoder: FlowMatchingDecoder, vocoder: HiFTGenerator | None, hidden_segments: Sequence,
                     key: jax.Array | None = None, *, noise: Sequence | None = None, source: Sequence | None = None,
                     steps: int | None = None, cfg_rate: float | None = None,
                     overlap: int = CROSSFADE_SAMPLES) -> np.ndarray:
@@ -136,7 +138,8 @@ def decode_segments(decoder: FlowMatchingDecoder, vocoder: HiFTGenerator, hidden
     :func:`hidden_to_mel` (sliced to its length), waveform by :func:`mel_to_wave` on the float32
     mel (480 samples per mel frame), then :func:`concat_segments`. Randomness per segment i: the
     CFM noise ``noise[i]`` [T_i', 80] and the vocoder source ``source[i] = (phase_u01 [H+1],
-    noise [480·T_i', H+1])`` when given, else drawn from ``fold_in(key, i)``.
+    noise [480·T_i', H+1])`` when given, else drawn from ``fold_in(key, i)``. ``vocoder=None``:
+    Griffin-Lim phase reconstruction instead of HiFT (``source`` unused).
     """
     n = len(hidden_segments)
     for name, given in (("noise", noise), ("source", source)):
@@ -154,6 +157,12 @@ def decode_segments(decoder: FlowMatchingDecoder, vocoder: HiFTGenerator, hidden
                                      noise=None if noise is None else jnp.asarray(noise[i])[None], steps=steps,
                                      cfg_rate=cfg_rate)
         mel = mel[:, :int(mel_len[0])].astype(jnp.float32)
+        if vocoder is None:
+            from baichuan_audio_jax.audio.mel24k import MelGeometry
+            from baichuan_audio_jax.inference.griffin_lim import griffin_lim_wave
+
+            waves.append(griffin_lim_wave(np.asarray(mel[0]), MelGeometry.of(decoder.cfg.flow_matching), seed=i))
+            continue
         phase, src_noise = (None, None) if source is None else (jnp.asarray(source[i][0])[None],
                                                                 jnp.asarray(source[i][1])[None])
         wave, _ = mel_to_wave(vocoder, mel, key=k_wave, phase_u01=phase, noise=src_noise)
@@ -174,11 +183,12 @@ def expected_samples(token_counts: Sequence[int], hop: int = 480, ratio: float =
 @dataclasses.dataclass
 class SpeechDecoder:
     """The models that turn codes into speech: the audio tokenizer runtime (RVQ decode + audio
-    decoder, batched and bucketed), the flow-matching decoder and the HiFT vocoder."""
+    decoder, batched and bucketed), the flow-matching decoder and the HiFT vocoder (None: the mel
+    is inverted by Griffin-Lim, for models without trained vocoder weights)."""
 
     tokenizer: Any  # AudioTokenizerRuntime
     flow_matching: FlowMatchingDecoder
-    vocoder: HiFTGenerator
+    vocoder: HiFTGenerator | None
 
     @property
     def cfg(self):
@@ -186,15 +196,19 @@ class SpeechDecoder:
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, *, batch_size: int = 8) -> "SpeechDecoder":
-        """From a model bundle with the ``audio_tokenizer`` and ``flow_matching`` components and a
-        vocoder (``convert --component vocoder`` adds one)."""
+        """From a model bundle with the ``audio_tokenizer`` and ``flow_matching`` components and,
+        if it has one, a vocoder (``convert --component vocoder`` adds one; without it the mel is
+        inverted by Griffin-Lim, with a warning)."""
         from flax import nnx
 
-        from baichuan_audio_jax.bundle import load_bundle
+        from baichuan_audio_jax.bundle import load_bundle, read_bundle_info
         from baichuan_audio_jax.inference.audio_tokenizer import AudioTokenizerRuntime
 
-        b = load_bundle(path, components=["audio_tokenizer", "flow_matching"], vocoder=True)
+        has_vocoder = "vocoder" in read_bundle_info(path).get("checkpoints", {})
+        b = load_bundle(path, components=["audio_tokenizer", "flow_matching"], vocoder=has_vocoder)
         runtime = AudioTokenizerRuntime(b.config, nnx.state(b.model.audio_tokenizer), batch_size=batch_size)
+        if not has_vocoder:
+            warn_no_vocoder(path)
         return cls(runtime, b.model.flow_matching, b.vocoder)
 
     @classmethod
@@ -230,6 +244,12 @@ class SpeechDecoder:
             print(f"warning: randomly initialised {', '.join(random_parts)} (no weights given): the audio is "
                   "meaningless (use it only to test pipelines)", file=sys.stderr)
         return cls(runtime, flow, voc)
+
+
+def warn_no_vocoder(path: str | os.PathLike) -> None:
+    print(f"note: {os.fspath(path)} has no vocoder weights: speech is rendered from the mel by Griffin-Lim "
+          "phase reconstruction (lower quality than HiFT; `convert --component vocoder` adds a vocoder)",
+          file=sys.stderr)
 
 
 def codes_to_wave(speech: SpeechDecoder, codes, *, key: jax.Array | None = None, noise: Sequence | None = None,
