@@ -1,0 +1,55 @@
+"""The embedded default (``make demo`` / ``baichuan-audio demo``): every model of the system trained
+from scratch on the bundled demo corpus, then used, in minutes on a laptop CPU.
+
+One model config (``configs/tiny.py``'s, with a slightly deeper LLM) is shared by every run, so
+the trained parts assemble into one model bundle. Each ``*_steps`` is the length of one training
+run; the runs' other settings are those of ``configs/tokenizer_tiny.py``, ``configs/flow_tiny.py``
+and ``configs/tiny.py`` with the data sources of the demo (``demo/pipeline.py`` says which).
+
+Every value can be overridden on the command line (``--config.llm_stage2_steps=300``); the test
+suite runs the same path with a few steps per run.
+"""
+import os
+
+import ml_collections
+
+from baichuan_audio_jax.config import load_config
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_CORPUS = os.path.join(os.path.dirname(_HERE), "data_pipelines", "demo_corpus")
+
+
+def get_config() -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict()
+    cfg.train_manifest = os.path.join(_CORPUS, "train.jsonl")
+    cfg.heldout_manifest = os.path.join(_CORPUS, "heldout.jsonl")
+    cfg.seed = 0
+
+    model = load_config(os.path.join(_HERE, "tiny.py")).model
+    model.llm.num_layers = 4
+    cfg.model = model
+
+    # 0. the LLM pretrained on the transcripts as text (the stand-in for a pretrained text LLM)
+    cfg.llm_text_steps = 100
+    # 1. the audio tokenizer (configs/tokenizer_tiny.py; schedules scaled to the step count)
+    cfg.tokenizer_steps = 300
+    cfg.tokenizer_llm_weight = 0.2  # λ2 of the alignment loss (read by the text LLM of step 0)
+    # 2. the flow-matching decoder on the frozen tokenizer (configs/flow_tiny.py)
+    cfg.flow_steps = 200
+    # 3. the audio LLM: stage 1 (audio embeddings + audio head), then stage 2 (all but the text
+    #    embedding and the LM head), on ASR, TTS and ITTS sequences mixed by these weights
+    cfg.llm_stage1_steps = 50
+    cfg.llm_stage2_steps = 900
+    cfg.llm_batch_size = 8
+    cfg.llm_seq_len = 256
+    cfg.llm_audio_positions = 128  # audio-head positions per row (frames with loss; the rest are dropped and counted)
+    cfg.llm_learning_rate = 2e-3
+    cfg.llm_weight_decay = 0.1
+    cfg.mixture = ml_collections.ConfigDict(dict(asr=0.2, asr_concatenated=0.45, tts=0.2, itts=0.15))
+    cfg.itts_utterances = 3  # utterances of one voice and speed joined into an ITTS record
+    cfg.concatenated_asr = 3200  # ASR records of two training utterances back to back
+
+    # 4. evaluation with the assembled bundle
+    cfg.asr_utterances = 0  # held-out utterances transcribed (0: all)
+    cfg.tts_sentences = 4  # held-out sentences spoken, written as WAVs and transcribed back
+    return cfg
