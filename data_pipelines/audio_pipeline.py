@@ -33,7 +33,7 @@ from baichuan_audio_jax.records import resolve_audio_path
 from data_pipelines import mixture
 from data_pipelines.audio_codes import min_samples_for_one_token
 from data_pipelines.manifest import validate
-from data_pipelines.pipeline import TrainIterator, _seed, data_fingerprint, source_specs
+from data_pipelines.pipeline import TrainIterator, _seed, source_specs, train_iterator
 from data_pipelines.skips import CountSkipsIterDataset, RecordError, Skip
 from data_pipelines.sources import JsonlSource, parse_line
 from data_pipelines.text_tokenizer import check_special_tokens, load_text_tokenizer
@@ -181,11 +181,4 @@ def build_audio_iterator(config: ml_collections.ConfigDict, *, process_index: in
                                               prefetch_buffer_size=int(data.prefetch)))
     it = CountSkipsIterDataset(it, max_consecutive=int(data.max_consecutive_skips))
     it = it.batch(rows, drop_remainder=True, batch_fn=PadBatch(shapes))
-    if int(data.worker_count) > 0:
-        from absl import flags
-
-        if not flags.FLAGS.is_parsed():
-            flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(data.worker_count)))
-    return TrainIterator(iter(it), process_index=process_index, process_count=process_count,
-                         fingerprint=data_fingerprint(config))
+    return train_iterator(it, config, process_index=process_index, process_count=process_count)

@@ -212,6 +212,21 @@ def _find_skips(state) -> dict[str, int]:
     return dict(sorted(total.items()))
 
 
+def train_iterator(batches: grain.IterDataset, config: ml_collections.ConfigDict, *, process_index: int,
+                   process_count: int) -> TrainIterator:
+    """The checkpointable iterator over a pipeline's batches, prefetched by ``data.worker_count``
+    grain worker processes when > 0."""
+    workers = int(config.data.worker_count)
+    if workers > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
+        batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    return TrainIterator(iter(batches), process_index=process_index, process_count=process_count,
+                         fingerprint=data_fingerprint(config))
+
+
 def data_fingerprint(config: ml_collections.ConfigDict) -> str:
     data = _as_dict(config.data)
     keys = ("sources", "seed", "seq_len", "batch_size", "packing", "packing_bins", "shuffle", "num_epochs",
@@ -246,11 +261,4 @@ def build_train_iterator(config: ml_collections.ConfigDict, *, process_index: in
     it = packing.pack(it, seq_len=seq_len, method=str(data.packing),
                       num_bins=int(data.packing_bins) or rows, pad_id=pad_id, seed=_seed(seed, 1 << 20))
     it = it.batch(rows, drop_remainder=False).map(packing.ToBatch(rows, seq_len, pad_id))
-    if int(data.worker_count) > 0:
-        from absl import flags
-
-        if not flags.FLAGS.is_parsed():
-            flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(data.worker_count)))
-    return TrainIterator(iter(it), process_index=process_index, process_count=process_count,
-                         fingerprint=data_fingerprint(config))
+    return train_iterator(it, config, process_index=process_index, process_count=process_count)
