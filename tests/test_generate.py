@@ -69,3 +69,14 @@ def test_bad_inputs_fail_naming_the_problem(gen, tmp_path, speech_file):
                       max_context=32)
     with pytest.raises(ValueError, match="exceeds the model's context of 32"):
         short.asr(speech_file)
+
+
+def test_asr_of_codes_equals_asr_of_their_audio(gen, speech_file):
+    codes = gen.speech.tokenizer.encode_file(speech_file)
+    from_file = gen.asr(speech_file, max_new_tokens=8)
+    from_codes = gen.asr(codes, max_new_tokens=8)
+    assert from_codes.text_tokens == from_file.text_tokens
+    bad = codes.copy()
+    bad[0, 3] = gen.cfg.codebook_sizes[3]  # an EOS class is not an input code
+    with pytest.raises(ValueError, match="codebook 3"):
+        gen.asr(bad)

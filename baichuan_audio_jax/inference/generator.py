@@ -237,7 +237,10 @@ class Generator:
             raise ValueError(f"{self._where()} has no audio tokenizer: speech input is not available")
         rt = self.speech.tokenizer
         if isinstance(audio, np.ndarray) and audio.ndim == 2 and np.issubdtype(audio.dtype, np.integer):
-            codes = rt.check_codes(audio, "audio codes")
+            from data_pipelines.audio_codes import check_codes
+
+            # as training input: any length the context holds (the decoder's segment limit is for output)
+            codes = check_codes(audio, self.cfg.codebook_sizes, "audio codes")
             where = "audio codes"
         elif isinstance(audio, (str, os.PathLike)):
             codes = rt.encode_file(audio)
