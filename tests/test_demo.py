@@ -47,9 +47,12 @@ def test_report_has_every_number(demo_run):
 def test_spoken_sentences_are_24k_wavs(demo_run):
     out, report, _ = demo_run
     (spoken,) = report["evaluation"]["tts"]["examples"]
-    if "wav" in spoken:  # a barely trained model may end the speech at once (no frames, no file)
+    # a barely trained model may end its speech at once: then no frames and no file, said so
+    assert ("wav" in spoken) == (spoken["frames"] > 0)
+    if spoken["frames"]:
         data, rate = sf.read(out / spoken["wav"])
         assert rate == 24000 and data.ndim == 1 and len(data) == round(spoken["seconds"] * 24000)
+        assert len(data) == 480 * (4 * spoken["frames"] - 1)  # one segment: 4N - 1 mel frames of 480
 
 
 def test_generate_uses_the_bundle_as_is(demo_run, tmp_path):

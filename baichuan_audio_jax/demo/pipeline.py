@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 from typing import Any, Callable
 
@@ -142,6 +143,13 @@ class Demo:
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.out, *parts)
+
+    def fresh_dir(self, *parts: str) -> str:
+        """A path under the output directory with nothing left from an earlier run (shards are
+        stale once the tokenizer that wrote them has changed)."""
+        path = self.path(*parts)
+        shutil.rmtree(path, ignore_errors=True)
+        return path
 
     @contextlib.contextmanager
     def stage(self, name: str):
@@ -261,21 +269,13 @@ class Demo:
                                        group=int(self.config.itts_utterances), seed=int(self.config.seed))
         shards, summary = {}, {"records": derived["records"], "manifest_skipped": derived["skipped"], "skipped": {}}
         for task, manifest in derived["manifests"].items():
-            out = self.path("data", f"{task}_shards")
-            if os.path.isdir(out):  # a previous run's shards are stale once the tokenizer changed
-                import shutil
-
-                shutil.rmtree(out)
+            out = self.fresh_dir("data", f"{task}_shards")
             result = tokenize_manifest(runtime, manifest, out, verbose=self.progress)
             summary["skipped"][task] = result["skipped"]
             shards[task] = out
         count = int(self.config.concatenated_asr)
         if count > 0:
-            out = self.path("data", "asr_concatenated_shards")
-            if os.path.isdir(out):
-                import shutil
-
-                shutil.rmtree(out)
+            out = self.fresh_dir("data", "asr_concatenated_shards")
             write_concatenated_asr(shards["asr"], out, count=count, seed=int(self.config.seed))
             shards["asr_concatenated"] = out
             summary["records"]["asr_concatenated"] = count
