@@ -33,6 +33,8 @@ from typing import Mapping
 
 import numpy as np
 
+from baichuan_audio_jax.records import RecordError
+
 NUM_CODEBOOKS = 8
 
 FIELDS: dict[str, tuple[type, tuple[int, ...]]] = {
@@ -73,3 +75,18 @@ def validate_batch(batch: Mapping[str, np.ndarray], *, vocab_size: int | None = 
             a = np.asarray(batch[k])
             if a.size and ((a < 0).any() or (a > limit).any()):
                 raise ValueError(f"field {k}: code out of range [0, C_k] for codebook sizes {codebook_sizes}")
+
+
+def check_codes(codes: np.ndarray, codebook_sizes: tuple[int, ...], where: str) -> np.ndarray:
+    """``codes`` as int32 ``[N ≥ 1, 8]`` with code k in ``[0, C_k)``; else :class:`RecordError`."""
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or codes.shape[1] != NUM_CODEBOOKS or codes.shape[0] < 1:
+        raise RecordError("invalid_codes", f"{where}: codes of shape {codes.shape}, expected [N >= 1, {NUM_CODEBOOKS}]")
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise RecordError("invalid_codes", f"{where}: codes of dtype {codes.dtype}, expected integers")
+    codes = codes.astype(np.int32, copy=False)
+    limit = np.asarray(codebook_sizes, np.int32)
+    if (codes < 0).any() or (codes >= limit).any():
+        bad = int(np.argmax(((codes < 0) | (codes >= limit)).any(axis=0)))
+        raise RecordError("invalid_codes", f"{where}: codebook {bad} has codes outside [0, {codebook_sizes[bad]})")
+    return codes

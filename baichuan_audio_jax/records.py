@@ -22,8 +22,25 @@ import os
 from typing import Any, Iterator
 
 import numpy as np
+from flax import serialization
+
+from baichuan_audio_jax.audio.io import REASONS as AUDIO_REASONS
 
 AUDIO_KEY = "audio"
+
+# Why a record is skipped (the table in ``data_pipelines/skips.py`` explains each); ``data check``,
+# the training pipelines and evaluation count skips by these names.
+REASONS = (*AUDIO_REASONS, "bad_json", "unknown_task", "invalid_record", "invalid_codes", "sequence_too_long")
+
+
+class RecordError(ValueError):
+    """A record that cannot become a training sequence; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, detail: str, origin: str = ""):
+        if reason not in REASONS:
+            raise ValueError(f"unknown skip reason {reason!r}")
+        self.reason, self.detail, self.origin = reason, detail, origin
+        super().__init__(f"{origin + ': ' if origin else ''}{reason.replace('_', ' ')}: {detail}")
 
 
 def audio_ref_owners(record: Any) -> list[dict]:
@@ -87,8 +104,6 @@ def read_manifest(path: str) -> Iterator[tuple[int, dict | ManifestLineError]]:
 
 
 def encode_tokenized(record: dict, codes: list[np.ndarray], source: str) -> bytes:
-    from flax import serialization
-
     refs = audio_refs(record)
     if len(refs) != len(codes):
         raise ValueError(f"{source}: {len(codes)} code arrays for {len(refs)} audio references")
@@ -105,7 +120,6 @@ def encode_tokenized(record: dict, codes: list[np.ndarray], source: str) -> byte
 
 def decode_tokenized(data: bytes) -> tuple[dict, list[np.ndarray], str]:
     """(manifest record, codes per audio reference as int32 [N, 8], source)."""
-    from flax import serialization
 
     payload = serialization.msgpack_restore(data)
     codes = payload.get("codes", {})

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -112,7 +113,6 @@ def logical_to_mesh_spec(names: Sequence[str | None] | P | None, shape: Sequence
 
 def state_shardings(state: Any, mesh: Mesh) -> Any:
     """NamedShardings for an NNX state (or abstract state) from its ``out_sharding`` metadata."""
-    from flax import nnx
 
     def one(var):
         value = var.get_value() if hasattr(var, "get_value") else var.value

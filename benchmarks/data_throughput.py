@@ -147,7 +147,7 @@ def main() -> None:
     args = p.parse_args()
 
     from data_pipelines.pipeline import make_builder
-    from data_pipelines.text_tokenizer import train_sentencepiece
+    from baichuan_audio_jax.text.tokenizer import train_sentencepiece
 
     config = load_config(os.path.join(REPO, "configs", "tiny.py"))
     model = ModelConfig.from_config(config.model)

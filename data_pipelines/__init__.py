@@ -1,13 +1,18 @@
 """Grain input pipelines for Baichuan-Audio pre-training and SFT.
 
-``build_train_iterator(config, *, process_index, process_count)`` is the ``grain`` data source of
-the training engine (:mod:`data_pipelines.pipeline`). Modules: ``manifest`` (task fields),
-``sources`` (JSONL, ArrayRecord, TFDS), ``sequences`` (layouts and loss masks), ``text_tokenizer``,
-``audio_codes``, ``packing``, ``mixture``, ``skips``, ``check``, ``preview``.
+Importing this package registers its training data sources with the trainer
+(:mod:`baichuan_audio_jax.training.data_sources`): ``data.source=grain`` (token sequences of every
+task, :func:`data_pipelines.pipeline.build_train_iterator`) and ``data.source=grain_audio`` (padded
+audio batches of the tokenizer and flow-matching tasks,
+:func:`data_pipelines.audio_pipeline.build_audio_iterator`). Modules: ``manifest`` (task fields),
+``sources`` (JSONL, ArrayRecord, TFDS), ``sequences`` (layouts and loss masks), ``audio_codes``,
+``packing``, ``mixture``, ``skips``, ``check``, ``preview``.
 """
+from baichuan_audio_jax.training import data_sources
+from data_pipelines.audio_pipeline import build_audio_iterator
+from data_pipelines.pipeline import build_train_iterator
 
+data_sources.register("grain")(build_train_iterator)
+data_sources.register("grain_audio")(build_audio_iterator)
 
-def build_train_iterator(config, *, process_index: int = 0, process_count: int = 1, **kwargs):
-    from data_pipelines.pipeline import build_train_iterator as build
-
-    return build(config, process_index=process_index, process_count=process_count, **kwargs)
+__all__ = ["build_audio_iterator", "build_train_iterator"]

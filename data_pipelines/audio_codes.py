@@ -19,7 +19,6 @@ import numpy as np
 from baichuan_audio_jax.audio.io import load_audio
 from baichuan_audio_jax.batch import NUM_CODEBOOKS
 from baichuan_audio_jax.config import AudioEncoderConfig, VQBridgeConfig
-from data_pipelines.skips import RecordError
 
 CodesFor = Callable[[str], np.ndarray]  # absolute audio path -> int [N, 8]
 
@@ -73,18 +72,3 @@ def frame_count_codes(encoder: AudioEncoderConfig = AudioEncoderConfig(),
         return np.zeros((num_audio_tokens(wav.shape[0], encoder, bridge), NUM_CODEBOOKS), np.int32)
 
     return codes_for
-
-
-def check_codes(codes: np.ndarray, codebook_sizes: tuple[int, ...], where: str) -> np.ndarray:
-    """``codes`` as int32 ``[N ≥ 1, 8]`` with code k in ``[0, C_k)``; else :class:`RecordError`."""
-    codes = np.asarray(codes)
-    if codes.ndim != 2 or codes.shape[1] != NUM_CODEBOOKS or codes.shape[0] < 1:
-        raise RecordError("invalid_codes", f"{where}: codes of shape {codes.shape}, expected [N >= 1, {NUM_CODEBOOKS}]")
-    if not np.issubdtype(codes.dtype, np.integer):
-        raise RecordError("invalid_codes", f"{where}: codes of dtype {codes.dtype}, expected integers")
-    codes = codes.astype(np.int32, copy=False)
-    limit = np.asarray(codebook_sizes, np.int32)
-    if (codes < 0).any() or (codes >= limit).any():
-        bad = int(np.argmax(((codes < 0) | (codes >= limit)).any(axis=0)))
-        raise RecordError("invalid_codes", f"{where}: codebook {bad} has codes outside [0, {codebook_sizes[bad]})")
-    return codes

@@ -30,13 +30,13 @@ from baichuan_audio_jax.audio.io import AudioError, load_audio
 from baichuan_audio_jax.audio.whisper_logmel import ENCODER_LOWPASS_FILTER_WIDTH
 from baichuan_audio_jax.config import ModelConfig
 from baichuan_audio_jax.records import resolve_audio_path
+from baichuan_audio_jax.text.tokenizer import check_special_tokens, load_text_tokenizer
 from data_pipelines import mixture
 from data_pipelines.audio_codes import min_samples_for_one_token
 from data_pipelines.manifest import validate
 from data_pipelines.pipeline import TrainIterator, _seed, source_specs, train_iterator
 from data_pipelines.skips import CountSkipsIterDataset, RecordError, Skip
 from data_pipelines.sources import JsonlSource, parse_line
-from data_pipelines.text_tokenizer import check_special_tokens, load_text_tokenizer
 
 TASKS = ("audio_tokenizer", "flow_matching")
 

@@ -11,6 +11,9 @@ import collections
 import dataclasses
 import os
 
+import soundfile as sf
+from tqdm import tqdm
+
 from baichuan_audio_jax.audio.io import AudioError, load_audio
 from baichuan_audio_jax.config import AudioEncoderConfig, VQBridgeConfig
 from baichuan_audio_jax.records import ManifestLineError, audio_refs, read_manifest, resolve_audio_path
@@ -35,7 +38,6 @@ def check_manifest(path: str, *, encoder: AudioEncoderConfig = AudioEncoderConfi
                    bridge: VQBridgeConfig = VQBridgeConfig(), max_audio_seconds: float | None = 300.0,
                    progress: bool = False) -> ManifestReport:
     """Validates every line of ``path``. Raises OSError only if the manifest cannot be read."""
-    import soundfile as sf
 
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a directory, not a manifest")
@@ -44,7 +46,6 @@ def check_manifest(path: str, *, encoder: AudioEncoderConfig = AudioEncoderConfi
     report = ManifestReport()
     lines = read_manifest(path)
     if progress:
-        from tqdm import tqdm
 
         lines = tqdm(lines, desc=f"checking {os.path.basename(path)}", unit=" records")
     for n, record in lines:

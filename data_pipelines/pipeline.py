@@ -27,15 +27,16 @@ from typing import Any, Mapping
 import grain
 import ml_collections
 import numpy as np
+from absl import flags
 
 from baichuan_audio_jax.config import ModelConfig
+from baichuan_audio_jax.text.tokenizer import check_special_tokens, load_text_tokenizer
 from data_pipelines import mixture, packing
 from data_pipelines.audio_codes import CodesFor, codes_from_waveform, min_samples_for_one_token
 from data_pipelines.manifest import task_of
 from data_pipelines.sequences import Prompts, SequenceBuilder
 from data_pipelines.skips import CountSkipsIterDataset, RecordError, Skip, SkipCounter
 from data_pipelines.sources import Source, SourceSpec, open_source, parse_source_spec
-from data_pipelines.text_tokenizer import check_special_tokens, load_text_tokenizer
 
 log = logging.getLogger("data_pipelines")
 
@@ -218,7 +219,6 @@ def train_iterator(batches: grain.IterDataset, config: ml_collections.ConfigDict
     grain worker processes when > 0."""
     workers = int(config.data.worker_count)
     if workers > 0:
-        from absl import flags
 
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags

@@ -12,7 +12,7 @@ from typing import Mapping
 import numpy as np
 
 from baichuan_audio_jax.config import SpecialTokens
-from data_pipelines.text_tokenizer import TextTokenizer
+from baichuan_audio_jax.text.tokenizer import TextTokenizer
 
 LEGEND = ("⟦…⟧ text that carries loss · <audio×N> a run of N audio frames · loss: its frames carry loss · "
           "+EOS: the end-of-audio frame after it is a target")

@@ -36,13 +36,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from baichuan_audio_jax.batch import NUM_CODEBOOKS
+from baichuan_audio_jax.batch import NUM_CODEBOOKS, check_codes
 from baichuan_audio_jax.config import SpecialTokens
 from baichuan_audio_jax.records import audio_ref_owners
-from data_pipelines.audio_codes import check_codes
+from baichuan_audio_jax.text.tokenizer import TextTokenizer
 from data_pipelines.manifest import validate
 from data_pipelines.skips import RecordError
-from data_pipelines.text_tokenizer import TextTokenizer
 
 EXAMPLE_FIELDS = ("input_ids", "audio_codes", "text_targets", "text_weights", "audio_targets", "audio_weights")
 

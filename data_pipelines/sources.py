@@ -175,8 +175,7 @@ class TfdsSource(Source):
     """A prepared TFDS dataset of tokenized records (read without TensorFlow)."""
 
     def __init__(self, spec: SourceSpec):
-        import tensorflow_datasets as tfds
-
+        import tensorflow_datasets as tfds  # lazy: heavy optional dependency, only for TFDS sources
         self.spec = spec
         kw = {"data_dir": spec.data_dir} if spec.data_dir else {}
         try:

@@ -20,6 +20,7 @@ be used are skipped, counted by reason and logged.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 from typing import Mapping
 
@@ -75,8 +76,6 @@ class TokenizedSpeech(tfds.core.GeneratorBasedBuilder):
         return {split: self._generate_examples(path) for split, path in self._manifests.items()}
 
     def _generate_examples(self, manifest: str):
-        import json
-
         for n, record in read_manifest(manifest):
             origin = f"{manifest}:{n}"
             try:

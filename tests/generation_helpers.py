@@ -109,7 +109,7 @@ def speech_parts(parity_dir: str, cfg: ModelConfig):
 
 def train_tokenizer(path, cfg: ModelConfig):
     """A sentencepiece model with the config's special tokens at their ids."""
-    from data_pipelines.text_tokenizer import train_sentencepiece
+    from baichuan_audio_jax.text.tokenizer import train_sentencepiece
 
     texts = ["hello world, this is a test.", "今天天气不错，我们去公园吧。",
              "the quick brown fox jumps over the lazy dog!", "你好吗？我很好。", "将语音转录为文本:",
@@ -135,7 +135,7 @@ def model_config_dict_of(cfg: ModelConfig):
 def save_tiny_bundle(path, parity_dir: str, cfg: ModelConfig, tokenizer_path) -> str:
     """A complete bundle (LLM, audio tokenizer, flow matching, vocoder, text tokenizer) holding the
     fixture weights."""
-    from baichuan_audio_jax.bundle import save_bundle
+    from baichuan_audio_jax.conversion.bundle import save_bundle
     from baichuan_audio_jax.models.audio_tokenizer import AudioTokenizer
     from baichuan_audio_jax.models.baichuan_audio import BaichuanAudio
 

@@ -18,7 +18,7 @@ from tests.training_helpers import REPO
 @pytest.fixture(scope="module")
 def sp_model(tmp_path_factory):
     from data_pipelines.manifest import record_texts
-    from data_pipelines.text_tokenizer import train_sentencepiece
+    from baichuan_audio_jax.text.tokenizer import train_sentencepiece
 
     cfg = ModelConfig.from_config(load_config(REPO / "configs" / "tokenizer_tiny.py").model)
     texts = [t for line in open(TRAIN_MANIFEST) for t in record_texts(json.loads(line))]

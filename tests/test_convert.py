@@ -19,7 +19,7 @@ import pytest
 from conftest import REPO, requires_torch
 from flax import nnx
 
-from baichuan_audio_jax.bundle import load_bundle, read_bundle_info, save_bundle
+from baichuan_audio_jax.conversion.bundle import load_bundle, read_bundle_info, save_bundle
 from baichuan_audio_jax.cli.main import main
 from baichuan_audio_jax.config import ModelConfig, load_config, model_config_from_reference, reference_config_from_model
 from baichuan_audio_jax.conversion.convert import ConversionError, bundle_to_torch, check_listing, torch_to_bundle
@@ -410,7 +410,7 @@ def test_pt_input_converts_exactly(converted, tiny_model_config, tmp_path):
 def test_save_bundle_from_memory_and_config_checks(converted, tiny_model_config, tmp_path):
     """A model in memory (as training ends) saved as a bundle restores identically; a config
     that does not match the stored arrays fails naming the parameter and both shapes."""
-    from baichuan_audio_jax.bundle import BundleError
+    from baichuan_audio_jax.conversion.bundle import BundleError
 
     _, root = converted
     model = load_bundle(root / "bundle", components=["llm"]).model

@@ -112,7 +112,7 @@ def test_preview_jsonl_without_audio_tokenizer(shards, tmp_path, capsys):
 
 
 def test_train_tokenizer_matches_config(tiny_config, tmp_path, capsys):
-    from data_pipelines.text_tokenizer import check_special_tokens, load_text_tokenizer
+    from baichuan_audio_jax.text.tokenizer import check_special_tokens, load_text_tokenizer
 
     manifest = write_manifest(str(tmp_path / "m.jsonl"), [
         {"audio": "a.wav", "text": "the cat sat on the mat"},

@@ -7,7 +7,7 @@ from data_pipeline_helpers import char_tokenizer_json, random_codes
 
 from data_pipelines.sequences import Prompts, SequenceBuilder
 from data_pipelines.skips import RecordError
-from data_pipelines.text_tokenizer import load_text_tokenizer
+from baichuan_audio_jax.text.tokenizer import load_text_tokenizer
 
 
 @pytest.fixture(scope="module")

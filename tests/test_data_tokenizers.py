@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 from data_pipeline_helpers import char_tokenizer_json
 
-from data_pipelines.text_tokenizer import (
+from baichuan_audio_jax.text.tokenizer import (
     SPECIAL_TOKEN_STRINGS,
     TokenizerError,
     check_special_tokens,

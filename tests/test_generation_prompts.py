@@ -6,7 +6,7 @@ from data_pipeline_helpers import char_tokenizer_json, random_codes
 
 from baichuan_audio_jax.inference.prompts import PromptBuilder, PromptError, check_text, split_tts_text, validate_chat
 from data_pipelines.sequences import Prompts, SequenceBuilder
-from data_pipelines.text_tokenizer import load_text_tokenizer
+from baichuan_audio_jax.text.tokenizer import load_text_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -73,7 +73,7 @@ def model_config():
 
 @pytest.fixture(scope="module")
 def untied(tmp_path_factory, model_config):
-    from baichuan_audio_jax.bundle import load_bundle
+    from baichuan_audio_jax.conversion.bundle import load_bundle
     from baichuan_audio_jax.conversion.hf_init import init_from_hf
 
     tmp = tmp_path_factory.mktemp("qwen")
@@ -161,7 +161,7 @@ def test_audio_encoder_matches_whisper(untied):
 
 
 def test_tied_checkpoint_gives_a_copied_lm_head(untied, tmp_path, model_config):
-    from baichuan_audio_jax.bundle import load_bundle
+    from baichuan_audio_jax.conversion.bundle import load_bundle
     from baichuan_audio_jax.conversion.hf_init import init_from_hf
 
     hf, path = _hf_model(tmp_path, "qwen_tied", tie=True)

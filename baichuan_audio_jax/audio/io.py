@@ -11,6 +11,7 @@ import os
 import re
 
 import numpy as np
+import soundfile as sf
 
 from baichuan_audio_jax.audio.resample import DEFAULT_LOWPASS_FILTER_WIDTH, resample
 
@@ -35,7 +36,6 @@ _PLACEHOLDER_SIZES = {0, 0x7FFFFFFF, 0xFFFFFFFF}
 def truncation(path: str) -> str | None:
     """Why ``path`` looks truncated (its header declares more sample data than the file holds),
     or None."""
-    import soundfile as sf
 
     m = _SHORT_CHUNK.search(sf.info(path).extra_info or "")
     if m is None:
@@ -48,7 +48,6 @@ def truncation(path: str) -> str | None:
 
 def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """Returns ([channels, samples] float32, sample rate) as stored in the file."""
-    import soundfile as sf
 
     path = os.fspath(path)
     if not os.path.exists(path):

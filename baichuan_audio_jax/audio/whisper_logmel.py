@@ -80,8 +80,7 @@ class LogMelConfig:
 @functools.lru_cache(maxsize=8)
 def mel_filters(sampling_rate: int = 16000, n_fft: int = 400, num_mel_bins: int = 128) -> np.ndarray:
     """[n_fft // 2 + 1, n_mels] float32 Slaney filterbank over 0 .. sr/2 (computed in float64)."""
-    import librosa
-
+    import librosa  # lazy: librosa's import costs ~1 s (numba); only the filter bank needs it
     bank = librosa.filters.mel(sr=sampling_rate, n_fft=n_fft, n_mels=num_mel_bins, fmin=0.0,
                                fmax=sampling_rate / 2, htk=False, norm="slaney", dtype=np.float64)
     out = np.ascontiguousarray(bank.T.astype(np.float32))

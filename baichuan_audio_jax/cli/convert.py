@@ -69,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _model_config(args, fallback_reference=None, where: str = ""):
     """--config (+ overrides), else the output bundle's config when adding to it, else the input's
     reference config.json, else (vocoder) the released model's defaults."""
-    from baichuan_audio_jax.bundle import bundle_model_config, is_bundle
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.cli.main import CLIError
     from baichuan_audio_jax.config import (
         apply_overrides,
@@ -78,6 +78,7 @@ def _model_config(args, fallback_reference=None, where: str = ""):
         model_config_dict,
         model_config_from_reference,
     )
+    from baichuan_audio_jax.conversion.bundle import bundle_model_config, is_bundle
 
     if args.config:
         return load_config(args.config, args.config_overrides).model
@@ -98,6 +99,7 @@ def _model_config(args, fallback_reference=None, where: str = ""):
 
 
 def _components(args):
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.cli.main import CLIError
     from baichuan_audio_jax.conversion.components import components_of
 
@@ -116,8 +118,9 @@ def _dtype(args):
 
 
 def run(args: argparse.Namespace) -> int:
-    from baichuan_audio_jax.bundle import BundleError
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.cli.main import CLIError
+    from baichuan_audio_jax.conversion.bundle import BundleError
     from baichuan_audio_jax.conversion.convert import ConversionError
     from baichuan_audio_jax.conversion.orbax_io import StreamError
     from baichuan_audio_jax.conversion.torch_io import CheckpointError
@@ -133,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _dry_run(args) -> int:
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.cli.main import CLIError
     from baichuan_audio_jax.config import ModelConfig
     from baichuan_audio_jax.conversion.components import open_reference
@@ -165,6 +169,7 @@ def _dry_run(args) -> int:
 
 
 def _convert(args) -> int:
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.cli.main import CLIError
     from baichuan_audio_jax.conversion.components import open_reference
     from baichuan_audio_jax.conversion.convert import bundle_to_torch, torch_to_bundle
@@ -203,6 +208,7 @@ def _convert(args) -> int:
 
 
 def _init(args) -> int:
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.cli.main import CLIError
     from baichuan_audio_jax.conversion.hf_init import init_from_hf
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import sys
@@ -39,12 +40,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _config(args):
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.config import load_config
 
     return load_config(args.config, getattr(args, "config_overrides", []))
 
 
 def _check(args) -> int:
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.cli.main import CLIError
     from baichuan_audio_jax.config import ModelConfig, default_data_config, load_config
     from data_pipelines.check import check_manifest
@@ -70,8 +73,8 @@ def _check(args) -> int:
 
 
 def _preview(args) -> int:
-    import collections
 
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.config import ModelConfig
     from data_pipelines.audio_codes import frame_count_codes
     from data_pipelines.pipeline import codes_for_from_config, example_dataset, make_builder
@@ -106,11 +109,12 @@ def _preview(args) -> int:
 
 
 def _train_tokenizer(args) -> int:
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.cli.main import CLIError
     from baichuan_audio_jax.config import ModelConfig
     from baichuan_audio_jax.records import read_manifest
+    from baichuan_audio_jax.text.tokenizer import TokenizerError, train_sentencepiece
     from data_pipelines.manifest import record_texts
-    from data_pipelines.text_tokenizer import TokenizerError, train_sentencepiece
 
     cfg = _config(args)
     model = ModelConfig.from_config(cfg.model)

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import zlib
 from typing import Callable
+
+import numpy as np
 
 HELP = ("Decode codes back to the audio decoder's outputs and, with --wav, to 24 kHz speech. Reads .npz files "
         "written by `tokenize` (codes int32 [N, 8]; their 30 s chunks are decoded as separate segments, as they "
@@ -40,8 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def read_segments(path: str, max_tokens: int) -> list:
     """Code segments of a ``tokenize`` output: one per encoded chunk (``chunk_tokens``), else pieces
     of at most ``max_tokens``."""
-    import numpy as np
 
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.cli.main import CLIError
 
     if not os.path.isfile(path):
@@ -66,7 +69,6 @@ Writer = Callable[[str, str, list, list[dict]], str]
 
 
 def write_mel(out_dir: str, name: str, segments: list, decoded: list[dict]) -> str:
-    import numpy as np
 
     target = os.path.join(out_dir, f"{name}.mel.npz")
     cat = lambda key: np.concatenate([s[key] for s in decoded], axis=0)
@@ -81,10 +83,11 @@ def write_mel(out_dir: str, name: str, segments: list, decoded: list[dict]) -> s
 def wav_writer(speech, seed: int, steps: int | None) -> Writer:
     """The ``--wav`` stage: codes -> waveform with noise from ``fold_in(key(seed), crc32(name))``, so a
     file's audio does not depend on which other files are in the run."""
-    import zlib
 
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     import jax
 
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.inference.waveform import SAMPLE_RATE, codes_to_wave, write_wav
 
     def write(out_dir: str, name: str, segments: list, decoded: list[dict]) -> str:
@@ -105,10 +108,11 @@ def writers(args: argparse.Namespace, speech=None) -> list[Writer]:
 
 def build(args: argparse.Namespace):
     """(tokenizer runtime, speech decoder or None) from --bundle or --config/--weights/--vocoder."""
-    from baichuan_audio_jax.bundle import BundleError
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.cli.main import CLIError
     from baichuan_audio_jax.cli.tokenize import build_runtime
     from baichuan_audio_jax.config import ModelConfig, load_config
+    from baichuan_audio_jax.conversion.bundle import BundleError
     from baichuan_audio_jax.conversion.mapping import MappingError
     from baichuan_audio_jax.conversion.torch_io import CheckpointError
     from baichuan_audio_jax.inference.audio_tokenizer import AudioTokenizerRuntime
@@ -140,8 +144,10 @@ def build(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from tqdm import tqdm
 
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.cli.main import CLIError
 
     if args.steps is not None and args.steps < 1:

@@ -3,6 +3,7 @@ audio tokenizer."""
 from __future__ import annotations
 
 import argparse
+import json
 
 HELP = ("Evaluate the latest (or --step) checkpoint of an audio_tokenizer training run on a manifest "
         "with the inference path (nearest-neighbour codes, all 8 stages): mel MAE (the paper's Table 1 "
@@ -20,11 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
 
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.cli.main import CLIError
+    from baichuan_audio_jax.evaluation.tokenizer import evaluate_manifest
     from baichuan_audio_jax.training.export import trained_model
-    from baichuan_audio_jax.training.tokenizer_eval import evaluate_manifest
 
     try:
         model, config, step = trained_model(args.workdir, args.step)

@@ -3,6 +3,7 @@ in the reference PyTorch layout."""
 from __future__ import annotations
 
 import argparse
+import json
 
 HELP = ("Export the latest (or --step) checkpoint of an audio_tokenizer or flow_matching training run "
         "to the reference PyTorch layout: DIR/model.safetensors with the reference tensor names "
@@ -19,8 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
 
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.cli.main import CLIError
     from baichuan_audio_jax.training.export import export_run
 

@@ -86,7 +86,8 @@ def _inputs(args, CLIError) -> dict:
 def load_generator(path: str, max_context: int | None = None):
     """The bundle's generator; kept for the next call in the same process (and bundle version),
     so commands run in-process (scripts, tests) load and compile once."""
-    from baichuan_audio_jax.bundle import BUNDLE_FILE
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
+    from baichuan_audio_jax.conversion.bundle import BUNDLE_FILE
 
     info = os.path.join(path, BUNDLE_FILE)
     stamp = os.stat(info).st_mtime_ns if os.path.exists(info) else None
@@ -95,6 +96,7 @@ def load_generator(path: str, max_context: int | None = None):
 
 @functools.lru_cache(maxsize=1)
 def _cached_generator(path: str, stamp, max_context):
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.inference.generator import Generator
 
     return Generator.from_bundle(path, max_context=max_context)
@@ -102,6 +104,7 @@ def _cached_generator(path: str, stamp, max_context):
 
 def check_inputs(inputs: dict, args, CLIError) -> None:
     """Text free of special tokens, a well-formed chat, readable audio files — checked up front."""
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.audio.io import AudioError, read_audio
     from baichuan_audio_jax.inference.prompts import PromptError, check_text, validate_chat
 
@@ -142,6 +145,7 @@ def read_chat(path: str, CLIError) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.audio.io import AudioError
     from baichuan_audio_jax.cli.main import CLIError
     from baichuan_audio_jax.inference.generator import MODES
@@ -168,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"[stream] audio chunk {len(chunks)}: {len(chunk) / 24000:.2f} s -> {args.out}", file=sys.stderr)
 
         options["on_chunk"] = on_chunk
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from tqdm import tqdm
 
     gen = load_generator(args.checkpoint, args.max_context)
@@ -186,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
     print(result.text)
     if mode.speech_output:
         if not args.stream:
+            # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
             from baichuan_audio_jax.inference.waveform import write_wav
 
             write_wav(args.out, result.waveform, result.sample_rate)

@@ -2,8 +2,8 @@
 
 Every module ``baichuan_audio_jax/cli/<name>.py`` (other than this one) is the subcommand
 ``<name>`` and defines ``HELP`` (a paragraph; its first sentence is the one-line summary),
-``add_arguments(parser)`` and ``run(args) -> int``. Modules import heavy libraries inside
-``run`` so ``--help`` stays fast. A module may set ``ACCEPTS_CONFIG_OVERRIDES = True`` to receive
+``add_arguments(parser)`` and ``run(args) -> int``. ``--help`` imports every subcommand module, so
+they import the library inside ``run`` (marked ``# lazy: CLI start-up``) to keep it fast. A module may set ``ACCEPTS_CONFIG_OVERRIDES = True`` to receive
 ``--config.a.b=value`` items as ``args.config_overrides``.
 """
 from __future__ import annotations
@@ -14,17 +14,17 @@ import pkgutil
 import sys
 from typing import Sequence
 
+import baichuan_audio_jax.cli as cli_package
+from baichuan_audio_jax.config import split_config_overrides
+
 
 class CLIError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
 
 
 def subcommands() -> dict[str, str]:
-    import baichuan_audio_jax.cli as pkg
-
-    return {m.name.replace("_", "-"): m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name != "main"}
-
-
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
+    return {m.name.replace("_", "-"): m.name for m in pkgutil.iter_modules(cli_package.__path__) if m.name != "main"}
 def _summary(module) -> str:
     return module.HELP.split(". ")[0].rstrip(".")
 
@@ -49,8 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"baichuan-audio {name}", description=module.HELP)
     module.add_arguments(parser)
     if getattr(module, "ACCEPTS_CONFIG_OVERRIDES", False):
-        from baichuan_audio_jax.config import split_config_overrides
-
+        # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
         overrides, rest = split_config_overrides(rest)
         args = parser.parse_args(rest)
         args.config_overrides = overrides

@@ -17,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.cli.main import CLIError
     from baichuan_audio_jax.parity.fixtures import FixtureError
     from baichuan_audio_jax.parity.runner import run as run_parity

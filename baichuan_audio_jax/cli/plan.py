@@ -16,6 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.cli.main import CLIError
     from baichuan_audio_jax.config import load_config
     from baichuan_audio_jax.training.plan import plan

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 HELP = ("Tokenize audio into 8-codebook codes at 12.5 Hz. Files mode (FILES...) writes <name>.npz per "
@@ -33,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_runtime(args: argparse.Namespace):
     """The tokenizer runtime of ``--config``/``--weights`` (shared with ``detokenize``)."""
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.cli.main import CLIError
     from baichuan_audio_jax.config import ModelConfig, load_config
     from baichuan_audio_jax.conversion.mapping import MappingError
@@ -53,8 +55,8 @@ def build_runtime(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
 
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.audio.io import AudioError
     from baichuan_audio_jax.cli.main import CLIError
     from baichuan_audio_jax.inference.tokenize_corpus import tokenize_files, tokenize_manifest

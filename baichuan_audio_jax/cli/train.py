@@ -22,9 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.config import load_config
     from baichuan_audio_jax.training import distributed
     from baichuan_audio_jax.training.trainer import train
+    import data_pipelines  # noqa: F401  (registers the grain data sources)
 
     config = load_config(args.config, args.config_overrides)
     if args.coordinator:

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
+
+import numpy as np
 
 HELP = ("Synthesise a 24 kHz WAV with the HiFT vocoder. The mel is computed from an audio file "
         "(any format soundfile reads, resampled to 24 kHz: an analysis-resynthesis check of a "
@@ -25,17 +28,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
 
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     import jax
-    import numpy as np
     from flax import nnx
 
+    # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.audio.io import AudioError, load_audio
     from baichuan_audio_jax.audio.mel24k import log_mel_24k
-    from baichuan_audio_jax.bundle import BundleError, is_bundle, load_bundle
     from baichuan_audio_jax.cli.main import CLIError
     from baichuan_audio_jax.config import ModelConfig, load_config
+    from baichuan_audio_jax.conversion.bundle import BundleError, is_bundle, load_bundle
     from baichuan_audio_jax.conversion.components import open_reference
     from baichuan_audio_jax.conversion.mapping import MappingError
     from baichuan_audio_jax.conversion.torch_io import CheckpointError

@@ -43,12 +43,9 @@ from baichuan_audio_jax.conversion.tables import (
 from baichuan_audio_jax.conversion.tables.audio_tokenizer import REFERENCE_PREFIX as TOKENIZER_PREFIX
 from baichuan_audio_jax.conversion.tables.flow_matching import PREFIX as FLOW_MATCHING_PREFIX
 from baichuan_audio_jax.conversion.tables.vocoder import vocoder_widths, weight_norm_naming
-from baichuan_audio_jax.models.audio_llm import AudioLLM
-from baichuan_audio_jax.models.audio_tokenizer import AudioTokenizer
-from baichuan_audio_jax.models.flow_matching import FlowMatchingDecoder
-from baichuan_audio_jax.models.hift import HiFTGenerator
+from baichuan_audio_jax.conversion.torch_io import ReferenceCheckpoint
+from baichuan_audio_jax.models.registry import CHECKPOINTS, PARTS, ModelPart
 
-CHECKPOINTS = ("model", "vocoder")
 # Prefixes of wrapper modules a reference file may carry on every key (the reference's
 # ``Cosy24kVocoder`` holds the HiFT generator as ``hifigan_generator``).
 WRAPPER_PREFIXES = {"model": (), "vocoder": ("hifigan_generator.",)}
@@ -71,38 +68,32 @@ class LayoutError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Component:
-    """One convertible model part.
+    """One convertible model part: a :class:`~baichuan_audio_jax.models.registry.ModelPart` and
+    its mapping tables.
 
-    * ``name``: the component's name (``--components``, ``bundle.json``).
-    * ``checkpoint``: the reference file it lives in, ``"model"`` or ``"vocoder"``.
+    * ``part``: the model part (name, reference file, place in the composed model, class).
     * ``reference_prefixes``: the reference key prefixes it owns (every key of its tables starts
       with one of them; a key with such a prefix that no table names is *unknown*).
-    * ``model_path``: the attribute path of the module inside the composed model of its
-      checkpoint (``("llm",)`` inside ``BaichuanAudio``; ``()`` for the vocoder, which is a model
-      of its own).
     * ``tables``: its mapping tables.
-    * ``model_class``: the ``nnx.Module`` built as ``model_class(config, rngs=rngs)``.
-    * ``config_section``, ``layout``, ``default_layout``, ``config_hint``: see the module docstring.
+    * ``layout``, ``default_layout``, ``config_hint``: see the module docstring.
     """
 
-    name: str
-    checkpoint: str
+    part: ModelPart
     reference_prefixes: tuple
-    model_path: tuple
     tables: tuple
-    model_class: type
-    config_section: str | None = None
     layout: Callable[[Sequence[str]], dict] | None = None
     default_layout: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     config_hint: Callable[[Mapping[str, tuple], Any], list[str]] | None = None
 
-    def __post_init__(self):
-        if self.checkpoint not in CHECKPOINTS:
-            raise ValueError(f"component {self.name}: checkpoint must be one of {CHECKPOINTS}")
+    name = property(lambda self: self.part.name)
+    checkpoint = property(lambda self: self.part.checkpoint)
+    model_path = property(lambda self: self.part.model_path)
+    model_class = property(lambda self: self.part.model_class)
+    config_section = property(lambda self: self.part.config_section)
 
     def section(self, cfg: ModelConfig) -> Any:
         """What the model and the tables take: ``cfg`` or its ``config_section``."""
-        return cfg if self.config_section is None else getattr(cfg, self.config_section)
+        return self.part.section(cfg)
 
     def detect_layout(self, keys: Iterable[str]) -> dict:
         """The naming variant of the component's keys among ``keys`` (``default_layout`` if none)."""
@@ -131,7 +122,7 @@ class Component:
         return key.startswith(tuple(self.reference_prefixes))
 
     def build(self, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
-        return self.model_class(self.section(cfg), rngs=rngs)
+        return self.part.build(cfg, rngs)
 
 
 def _vocoder_layout(keys: Sequence[str]) -> dict:
@@ -144,31 +135,22 @@ def _vocoder_hint(shapes: Mapping[str, tuple], section: Any) -> list[str]:
 
 COMPONENTS: dict[str, Component] = {c.name: c for c in (
     Component(
-        name="llm", checkpoint="model",
+        PARTS["llm"],
         reference_prefixes=("model.", "lm_head.", "audio_head."),
-        model_path=("llm",),
-        tables=(TableRef(llm_table), TableRef(audio_embed_table), TableRef(audio_head_table)),
-        model_class=AudioLLM),
+        tables=(TableRef(llm_table), TableRef(audio_embed_table), TableRef(audio_head_table))),
     Component(
-        name="audio_tokenizer", checkpoint="model",
+        PARTS["audio_tokenizer"],
         reference_prefixes=tuple(TOKENIZER_PREFIX + p for p in ("audio_model.", "audio_bridge_model.",
                                                                 "audio_decoder.")),
-        model_path=("audio_tokenizer",),
-        tables=(TableRef(audio_encoder_table), TableRef(vq_bridge_table), TableRef(audio_decoder_table)),
-        model_class=AudioTokenizer),
+        tables=(TableRef(audio_encoder_table), TableRef(vq_bridge_table), TableRef(audio_decoder_table))),
     Component(
-        name="flow_matching", checkpoint="model",
+        PARTS["flow_matching"],
         reference_prefixes=(FLOW_MATCHING_PREFIX,),
-        model_path=("flow_matching",),
-        tables=(TableRef(flow_matching_table),),
-        model_class=FlowMatchingDecoder),
+        tables=(TableRef(flow_matching_table),)),
     Component(
-        name="vocoder", checkpoint="vocoder",
+        PARTS["vocoder"],
         reference_prefixes=("",),
-        model_path=(),
         tables=(TableRef(vocoder_table),),
-        model_class=HiFTGenerator,
-        config_section="vocoder",
         layout=_vocoder_layout,
         default_layout={"weight_norm": "weight_g"},  # the released hift.pt
         config_hint=_vocoder_hint),
@@ -226,8 +208,6 @@ def open_reference(paths: str | os.PathLike | Sequence[str | os.PathLike], check
                    components: Sequence[str] | None = None):
     """A :class:`~baichuan_audio_jax.conversion.torch_io.ReferenceCheckpoint` of one kind: the
     kind's wrapper prefixes stripped; with ``components``, only their keys visible (and read)."""
-    from baichuan_audio_jax.conversion.torch_io import ReferenceCheckpoint
-
     prefixes = None
     if components is not None:
         comps = components_of(checkpoint, components)

@@ -30,8 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
+from tqdm import tqdm
 
-from baichuan_audio_jax.bundle import (
+from baichuan_audio_jax.config import ModelConfig, model_config_from_reference, reference_config_from_model
+from baichuan_audio_jax.conversion.bundle import (
     CHECKPOINT_DIRS,
     EXTRAS_DIR,
     REFERENCE_SIDE_FILES,
@@ -53,7 +55,6 @@ from baichuan_audio_jax.bundle import (
     tokenizer_files_in,
     write_json,
 )
-from baichuan_audio_jax.config import ModelConfig, model_config_from_reference, reference_config_from_model
 from baichuan_audio_jax.conversion.components import (
     COMPONENTS,
     LayoutError,
@@ -106,8 +107,6 @@ def abstract_state(checkpoint: str, cfg: ModelConfig, components: Sequence[str] 
 
 def flat_abstract(state) -> dict[Path, jax.ShapeDtypeStruct]:
     return {tuple(p): v.get_value() for p, v in nnx.to_flat_state(state)}
-
-
 # ----------------------------------------------------------------------------- coverage
 
 @dataclasses.dataclass
@@ -240,8 +239,6 @@ class Progress:
     """A tqdm bar over bytes (rate in B/s) with tensors/s in its postfix."""
 
     def __init__(self, desc: str, total_bytes: int, total_tensors: int, enabled: bool):
-        from tqdm import tqdm
-
         self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1000, desc=desc,
                         disable=not enabled, dynamic_ncols=True, mininterval=0.5)
         self.tensors = 0

@@ -33,8 +33,14 @@ import jax
 import numpy as np
 from flax import nnx, traverse_util
 
-from baichuan_audio_jax.bundle import CHECKPOINT_DIRS, checkpoint_model, dtype_summary, finish_bundle, make_info
 from baichuan_audio_jax.config import ModelConfig
+from baichuan_audio_jax.conversion.bundle import (
+    CHECKPOINT_DIRS,
+    checkpoint_model,
+    dtype_summary,
+    finish_bundle,
+    make_info,
+)
 from baichuan_audio_jax.conversion.components import COMPONENTS, TableRef, components_of
 from baichuan_audio_jax.conversion.convert import (
     ConversionError,

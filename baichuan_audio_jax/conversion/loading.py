@@ -8,6 +8,7 @@ import numpy as np
 from flax import nnx
 
 from baichuan_audio_jax.config import ModelConfig
+from baichuan_audio_jax.conversion.components import COMPONENTS
 from baichuan_audio_jax.conversion.mapping import Concrete, MappingError, flat_state, load_tensors
 
 
@@ -65,7 +66,6 @@ def load_component(name: str, cfg: ModelConfig, source: Any, *, allow_uncovered:
     components' keys too (they are ignored; the component's keys are read one at a time). Its
     naming variant (the vocoder's weight norm) is detected from its keys; every one of its keys
     must be present with the shape ``cfg`` implies (errors name the keys)."""
-    from baichuan_audio_jax.conversion.components import COMPONENTS
 
     comp = COMPONENTS[name]
     keys = [k for k in source.keys() if comp.owns(k)]

@@ -289,8 +289,6 @@ def combine_tables(*tables: MappingTable) -> list[Concrete]:
 
 def flat_state(state: Any) -> dict[Path, nnx.Variable]:
     return {tuple(p): v for p, v in nnx.to_flat_state(state)}
-
-
 def _value(var) -> Any:
     return var.get_value() if hasattr(var, "get_value") else var.value
 
@@ -302,8 +300,6 @@ def stacked_dims(slot: Slot) -> int:
 
 def slot_shape(var_shape: tuple, slot: Slot) -> tuple:
     return tuple(var_shape[stacked_dims(slot):])
-
-
 def expected_torch_shapes(concrete: Sequence[Concrete], shapes: Mapping[Path, tuple]) -> dict[str, tuple]:
     """Reference name -> expected shape, from the JAX model's parameter shapes."""
     out = {}

@@ -26,6 +26,7 @@ safetensors file (tests read it back with ``safetensors`` and torch).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -34,6 +35,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import ml_dtypes
 import numpy as np
+from safetensors import SafetensorError, safe_open
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -94,8 +96,6 @@ class TensorInfo:
 
 class _SafetensorsFile:
     def __init__(self, path: str):
-        from safetensors import SafetensorError, safe_open
-
         self.path = path
         try:
             with safe_open(path, framework="numpy") as f:
@@ -113,15 +113,12 @@ class _SafetensorsFile:
     def get(self, name: str) -> np.ndarray:
         # A handle of its own per tensor: safetensors memory-maps the whole file, and the pages a
         # read touches stay resident (and counted) until the mapping goes away.
-        from safetensors import safe_open
-
         with safe_open(self.path, framework="numpy") as f:
             return f.get_tensor(name)
 
 
 def _torch_to_numpy(t) -> np.ndarray:
-    import torch
-
+    import torch  # lazy: optional `torch` extra
     t = t.detach().cpu().contiguous()
     if t.dtype == torch.bfloat16:
         return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
@@ -136,7 +133,7 @@ class _TorchFile:
 
     def __init__(self, path: str):
         try:
-            import torch
+            import torch  # lazy: optional `torch` extra
         except ImportError as e:
             raise CheckpointError(f"{path}: reading .pt/.bin files needs PyTorch, which is not installed "
                                   "(install the `torch` extra, or convert the file to safetensors)") from e
@@ -528,8 +525,7 @@ def total_bytes(specs: Iterable[TensorSpec]) -> int:
 
 
 def _numpy_to_torch(a: np.ndarray):
-    import torch
-
+    import torch  # lazy: optional `torch` extra
     a = np.ascontiguousarray(a)
     if a.dtype == np.dtype(ml_dtypes.bfloat16):
         return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
@@ -546,7 +542,7 @@ class TorchStateDictWriter:
 
     def __init__(self, path: str, specs: Sequence[TensorSpec]):
         try:
-            import torch  # noqa: F401
+            import torch  # noqa: F401  # lazy: optional `torch` extra
         except ImportError as e:
             raise CheckpointError(f"{path}: writing a .pt file needs PyTorch, which is not installed (install the "
                                   "`torch` extra, or write .safetensors)") from e
@@ -565,10 +561,7 @@ class TorchStateDictWriter:
         self._tensors[name] = _numpy_to_torch(array)
 
     def close(self) -> None:
-        import collections
-
-        import torch
-
+        import torch  # lazy: optional `torch` extra
         if len(self._tensors) != len(self._specs):
             raise CheckpointError(f"{self.path}: only {len(self._tensors)} of {len(self._specs)} tensors were written")
         torch.save(collections.OrderedDict(self._tensors), self.path)

@@ -13,8 +13,10 @@ import jax
 import ml_collections
 from flax import nnx
 
-from baichuan_audio_jax.bundle import save_bundle
 from baichuan_audio_jax.config import ModelConfig
+from baichuan_audio_jax.conversion.bundle import save_bundle
+from baichuan_audio_jax.models.baichuan_audio import BaichuanAudio
+from baichuan_audio_jax.training.export import trained_model
 
 # (bundle component, training task, attribute of the trained part in that task's model; "" = the model)
 PARTS = (("llm", "audio_llm", ""), ("audio_tokenizer", "audio_tokenizer", "tokenizer"),
@@ -28,8 +30,6 @@ def _canonical(config: ml_collections.ConfigDict) -> str:
 def assemble_bundle(path: str, model_config: ml_collections.ConfigDict, *, llm_run: str, tokenizer_run: str,
                     flow_run: str, text_tokenizer: str, source: str = "demo") -> str:
     """Writes (replacing) the bundle at ``path``; returns its path."""
-    from baichuan_audio_jax.models.baichuan_audio import BaichuanAudio
-    from baichuan_audio_jax.training.export import trained_model
 
     cfg = ModelConfig.from_config(model_config)
     model = nnx.eval_shape(lambda: BaichuanAudio(cfg, rngs=nnx.Rngs(0), components=[p[0] for p in PARTS]))

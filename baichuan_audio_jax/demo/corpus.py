@@ -12,11 +12,21 @@ Audio paths are written relative to the new manifest. Records the corpus manifes
 from __future__ import annotations
 
 import collections
+import glob
 import json
 import os
 import random
 
-from baichuan_audio_jax.records import ManifestLineError, read_manifest, resolve_audio_path
+import numpy as np
+
+from baichuan_audio_jax.inference.tokenize_corpus import ShardWriter, read_shards
+from baichuan_audio_jax.records import (
+    ManifestLineError,
+    decode_tokenized,
+    encode_tokenized,
+    read_manifest,
+    resolve_audio_path,
+)
 
 
 def _relocated(manifest: str, audio: str, out_dir: str) -> str:
@@ -80,12 +90,8 @@ def write_concatenated_asr(shard_dir: str, out_dir: str, *, count: int, parts: i
     new combinations of them can only be transcribed by mapping stretches of audio to words. (The
     codes of a concatenation are not exactly the codes of the concatenated audio, since the encoder
     sees each utterance alone; the words' codes are the same either way.)"""
-    import glob
 
-    import numpy as np
 
-    from baichuan_audio_jax.inference.tokenize_corpus import ShardWriter, read_shards
-    from baichuan_audio_jax.records import decode_tokenized, encode_tokenized
 
     items = []
     for data in read_shards(sorted(glob.glob(os.path.join(shard_dir, "*.array_record")))):

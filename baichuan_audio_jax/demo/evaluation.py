@@ -15,13 +15,16 @@ import os
 import time
 from typing import Callable
 
+import jiwer
 import numpy as np
 from tqdm import tqdm
 
+from baichuan_audio_jax.demo.corpus import transcripts
+from baichuan_audio_jax.inference.generator import Generator
+from baichuan_audio_jax.inference.waveform import write_wav
+
 
 def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
-    import jiwer
-
     return float(jiwer.wer(references, hypotheses))
 
 
@@ -33,10 +36,6 @@ def _wer_of(entries: list[dict], key: str) -> float | None:
 
 def evaluate_bundle(bundle: str, manifest: str, out_dir: str, *, asr_utterances: int = 0, tts_sentences: int = 4,
                     log: Callable[[str], None] = print, progress: bool = True) -> dict:
-    from baichuan_audio_jax.demo.corpus import transcripts
-    from baichuan_audio_jax.inference.generator import Generator
-    from baichuan_audio_jax.inference.waveform import write_wav
-
     gen = Generator.from_bundle(bundle)
     pairs = transcripts(manifest)
     if not pairs:

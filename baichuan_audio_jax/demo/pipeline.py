@@ -39,8 +39,21 @@ import time
 from typing import Any, Callable
 
 import ml_collections
+from flax import nnx
 
-from baichuan_audio_jax.config import load_config
+from baichuan_audio_jax.config import ModelConfig, load_config
+from baichuan_audio_jax.demo.assemble import assemble_bundle
+from baichuan_audio_jax.demo.corpus import transcripts, write_concatenated_asr, write_task_manifests
+from baichuan_audio_jax.demo.evaluation import evaluate_bundle
+from baichuan_audio_jax.evaluation.tokenizer import evaluate_manifest
+from baichuan_audio_jax.inference.audio_tokenizer import AudioTokenizerRuntime
+from baichuan_audio_jax.inference.tokenize_corpus import tokenize_manifest
+from baichuan_audio_jax.records import read_manifest
+from baichuan_audio_jax.text.tokenizer import train_sentencepiece
+from baichuan_audio_jax.training.export import trained_model
+from baichuan_audio_jax.training.metrics import read_metrics
+from baichuan_audio_jax.training.trainer import train
+from data_pipelines.manifest import record_texts
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 REPORT_FILE = "report.json"
@@ -118,7 +131,6 @@ def llm_config(demo, stage: int, shards: dict[str, str], text_tokenizer: str,
 
 def loss_summary(workdir: str) -> dict:
     """First and last logged loss (and the other last-logged metrics) of a training run."""
-    from baichuan_audio_jax.training.metrics import read_metrics
 
     rows = read_metrics(workdir)
     if not rows:
@@ -166,16 +178,12 @@ class Demo:
             json.dump(self.report, f, indent=1, ensure_ascii=False)
 
     def train(self, config, name: str) -> str:
-        from baichuan_audio_jax.training.trainer import train
-
         workdir = self.path("runs", name)
         train(config, workdir, progress=self.progress, log=self.log)
         self.report.setdefault("training", {})[name] = loss_summary(workdir)
         return workdir
 
     def run(self) -> dict:
-        from baichuan_audio_jax.config import ModelConfig
-
         demo, t_start = self.config, time.perf_counter()
         model_cfg = ModelConfig.from_config(demo.model)
         self.report["config"] = demo.to_dict()
@@ -196,13 +204,10 @@ class Demo:
         with self.stage("llm_stage2"):
             stage2 = self.train(llm_config(demo, 2, shards, sp, init_from=stage1 + "#"), "llm_stage2")
         with self.stage("bundle"):
-            from baichuan_audio_jax.demo.assemble import assemble_bundle
-
             bundle = assemble_bundle(self.path("model"), demo.model, llm_run=stage2, tokenizer_run=tok_run,
                                      flow_run=flow_run, text_tokenizer=sp)
             self.report["model"] = bundle
         with self.stage("evaluate"):
-            from baichuan_audio_jax.demo.evaluation import evaluate_bundle
 
             self.report["evaluation"] = evaluate_bundle(
                 bundle, demo.heldout_manifest, self.out, asr_utterances=int(demo.asr_utterances),
@@ -214,10 +219,6 @@ class Demo:
     # ------------------------------------------------------------------ stages
 
     def text_tokenizer(self, model_cfg) -> str:
-        from baichuan_audio_jax.records import read_manifest
-        from data_pipelines.manifest import record_texts
-        from data_pipelines.text_tokenizer import train_sentencepiece
-
         demo = self.config
         prompts = load_config(os.path.join(CONFIGS_DIR, "tiny.py")).data.prompts.to_dict()
         texts = [t for t in prompts.values() if t]
@@ -231,7 +232,6 @@ class Demo:
 
     def text_manifest(self) -> str:
         """The training transcripts as pure-text records."""
-        from baichuan_audio_jax.demo.corpus import transcripts
 
         path = self.path("data", "text.jsonl")
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -241,9 +241,6 @@ class Demo:
         return path
 
     def evaluate_tokenizer(self, tok_run: str) -> dict:
-        from baichuan_audio_jax.training.export import trained_model
-        from baichuan_audio_jax.training.tokenizer_eval import evaluate_manifest
-
         model, config, step = trained_model(tok_run)
         rep = evaluate_manifest(model.tokenizer, config, self.config.heldout_manifest, progress=self.progress,
                                 log=self.log)
@@ -255,14 +252,6 @@ class Demo:
         return summary
 
     def tokenize(self, tok_run: str) -> dict[str, str]:
-        from flax import nnx
-
-        from baichuan_audio_jax.config import ModelConfig
-        from baichuan_audio_jax.demo.corpus import write_concatenated_asr, write_task_manifests
-        from baichuan_audio_jax.inference.audio_tokenizer import AudioTokenizerRuntime
-        from baichuan_audio_jax.inference.tokenize_corpus import tokenize_manifest
-        from baichuan_audio_jax.training.export import trained_model
-
         model, config, _ = trained_model(tok_run)
         runtime = AudioTokenizerRuntime(ModelConfig.from_config(config.model), nnx.state(model.tokenizer))
         derived = write_task_manifests(self.config.train_manifest, self.path("data"),

@@ -31,6 +31,8 @@ from flax import nnx
 
 from baichuan_audio_jax.audio.whisper_logmel import LogMelConfig, load_waveform, log_mel, split_chunks
 from baichuan_audio_jax.config import ModelConfig
+from baichuan_audio_jax.conversion.bundle import load_bundle
+from baichuan_audio_jax.conversion.components import open_reference
 from baichuan_audio_jax.conversion.loading import load_component
 from baichuan_audio_jax.models.audio_tokenizer import AudioTokenizer
 from baichuan_audio_jax.models.pure import init_model, pure
@@ -100,14 +102,12 @@ class AudioTokenizerRuntime:
         """From reference-layout weights: a Hugging Face style directory (sharded or not), a
         directory of safetensors files, a ``.safetensors`` file or a ``.pt``/``.bin`` state_dict
         (needs torch). Only the ``audio_tokenizer.*`` tensors are read."""
-        from baichuan_audio_jax.conversion.components import open_reference
 
         return cls.from_reference(cfg, open_reference(path, components=["audio_tokenizer"]), **kw)
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, **kw) -> "AudioTokenizerRuntime":
         """From a model bundle holding the ``audio_tokenizer`` component (restored alone)."""
-        from baichuan_audio_jax.bundle import load_bundle
 
         loaded = load_bundle(path, components=["audio_tokenizer"], vocoder=False)
         return cls(loaded.config, nnx.state(loaded.model.audio_tokenizer), **kw)

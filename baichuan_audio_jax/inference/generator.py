@@ -29,9 +29,13 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
+from flax import nnx
 
+from baichuan_audio_jax.batch import check_codes
 from baichuan_audio_jax.config import ModelConfig
+from baichuan_audio_jax.conversion.bundle import BundleError, load_bundle, read_bundle_info
 from baichuan_audio_jax.inference import interleave as il
+from baichuan_audio_jax.inference.audio_tokenizer import AudioTokenizerRuntime
 from baichuan_audio_jax.inference.engine import DecodingEngine, PhaseSampling, Request
 from baichuan_audio_jax.inference.prompts import (
     ASR_INSTRUCTION,
@@ -45,6 +49,7 @@ from baichuan_audio_jax.inference.stop_strings import token_strings
 from baichuan_audio_jax.inference.streaming import AudioStream
 from baichuan_audio_jax.inference.waveform import SAMPLE_RATE, SpeechDecoder, codes_to_wave, warn_no_vocoder
 from baichuan_audio_jax.models.audio_llm import AudioLLM
+from baichuan_audio_jax.text.tokenizer import TokenizerError, check_special_tokens, load_text_tokenizer
 
 # The reference's sampling table (§6.6).
 _BASE = SamplingParams(do_sample=False, temperature=0.5, top_k=5, top_p=0.85, repetition_penalty=1.3)
@@ -132,8 +137,6 @@ class Generator:
 
     def __init__(self, llm: AudioLLM, tokenizer, *, speech: SpeechDecoder | None = None,
                  max_context: int | None = None, mesh=None, check_tokenizer: bool = True):
-        from data_pipelines.text_tokenizer import check_special_tokens
-
         self.cfg: ModelConfig = llm.cfg
         self.tokenizer = tokenizer
         if check_tokenizer:
@@ -147,14 +150,11 @@ class Generator:
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, *, max_context: int | None = None, mesh=None,
                     batch_size: int = 1) -> "Generator":
-        """From a model bundle (:mod:`baichuan_audio_jax.bundle`): the ``llm`` component and the text
+        """From a model bundle (:mod:`baichuan_audio_jax.conversion.bundle`): the ``llm`` component and the text
         tokenizer in ``tokenizer/``, and whichever of the audio tokenizer, the flow-matching
         decoder and the vocoder it holds (a mode that needs a missing one says so). ``mesh``:
         decode on a device mesh (parameters restored sharded)."""
-        from flax import nnx
 
-        from baichuan_audio_jax.bundle import BundleError, load_bundle, read_bundle_info
-        from baichuan_audio_jax.inference.audio_tokenizer import AudioTokenizerRuntime
 
         path = os.fspath(path)
         info = read_bundle_info(path)
@@ -237,8 +237,6 @@ class Generator:
             raise ValueError(f"{self._where()} has no audio tokenizer: speech input is not available")
         rt = self.speech.tokenizer
         if isinstance(audio, np.ndarray) and audio.ndim == 2 and np.issubdtype(audio.dtype, np.integer):
-            from data_pipelines.audio_codes import check_codes
-
             # as training input: any length the context holds (the decoder's segment limit is for output)
             codes = check_codes(audio, self.cfg.codebook_sizes, "audio codes")
             where = "audio codes"
@@ -323,7 +321,6 @@ class Generator:
 
 def load_bundle_tokenizer(directory: str):
     """The text tokenizer stored in a bundle's ``tokenizer/`` directory."""
-    from data_pipelines.text_tokenizer import TokenizerError, load_text_tokenizer
 
     if os.path.isfile(os.path.join(directory, "tokenizer.json")):
         return load_text_tokenizer(os.path.join(directory, "tokenizer.json"))

@@ -20,8 +20,7 @@ PEAK = 0.99  # the vocoder's output range
 def griffin_lim_wave(mel: np.ndarray, geometry: MelGeometry = MelGeometry(), *,
                      n_iter: int = DEFAULT_ITERATIONS, seed: int = 0) -> np.ndarray:
     """mel [T, bins] (natural-log magnitudes) -> float32 waveform [hop · T] in [−0.99, 0.99]."""
-    import librosa
-
+    import librosa  # lazy: librosa's import costs ~1 s (numba); only this fallback needs it
     g = geometry
     mel = np.asarray(mel, np.float32)
     if mel.ndim != 2 or mel.shape[1] != g.in_channels or mel.shape[0] == 0:

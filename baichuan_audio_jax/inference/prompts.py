@@ -34,7 +34,7 @@ import numpy as np
 
 from baichuan_audio_jax.config import SpecialTokens
 from baichuan_audio_jax.models.audio_head import NUM_CODEBOOKS
-from data_pipelines.text_tokenizer import SPECIAL_TOKEN_STRINGS, TextTokenizer
+from baichuan_audio_jax.text.tokenizer import SPECIAL_TOKEN_STRINGS, TextTokenizer
 
 ASR_INSTRUCTION = "将语音转录为文本:"  # the base ASR demo's prompt
 # The speech demo's default system prompt: "answer using the 'girl next door' voice".

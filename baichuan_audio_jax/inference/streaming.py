@@ -19,6 +19,7 @@ import time
 from typing import Callable
 
 import numpy as np
+import soundfile as sf
 
 from baichuan_audio_jax.inference.waveform import CROSSFADE_SAMPLES, SAMPLE_RATE
 
@@ -40,7 +41,6 @@ class AudioStream:
         self._file = None
         self.path = None if path is None else os.fspath(path)
         if self.path is not None:
-            import soundfile as sf
 
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             self._file = sf.SoundFile(self.path, "w", samplerate=self.sample_rate, channels=1, subtype="PCM_16")

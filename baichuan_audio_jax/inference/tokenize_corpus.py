@@ -27,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
+from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+from tqdm import tqdm
 
 from baichuan_audio_jax.audio.io import AudioError
 from baichuan_audio_jax.inference.audio_tokenizer import AudioTokenizerRuntime
@@ -56,8 +58,6 @@ class Progress:
     start: float = dataclasses.field(default_factory=time.perf_counter)
 
     def __post_init__(self):
-        from tqdm import tqdm
-
         self.bar = tqdm(total=self.total, unit="file", desc=self.description, dynamic_ncols=True)
         self.metrics = open(os.path.join(self.out_dir, METRICS_FILE), "w", encoding="utf-8")
 
@@ -207,8 +207,6 @@ class ShardWriter:
         self.records = 0
 
     def write(self, data: bytes) -> None:
-        from array_record.python.array_record_module import ArrayRecordWriter
-
         if self.writer is None or self.in_shard == self.per_shard:
             self._close_current()
             path = os.path.join(self.out_dir, f"{self.stem}-{len(self.partial):05d}.array_record.partial")
@@ -317,7 +315,6 @@ def tokenize_manifest(runtime: AudioTokenizerRuntime, manifest: str, out_dir: st
 
 def read_shards(paths: Iterable[str]) -> list[bytes]:
     """Every record of the given ArrayRecord shards, in order (for checks and small corpora)."""
-    from array_record.python.array_record_module import ArrayRecordReader
 
     out = []
     for p in paths:

@@ -34,10 +34,19 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import soundfile as sf
 from flax import nnx
 
+from baichuan_audio_jax.audio.mel24k import MelGeometry
+from baichuan_audio_jax.conversion.bundle import load_bundle, read_bundle_info
+from baichuan_audio_jax.conversion.components import open_reference
+from baichuan_audio_jax.conversion.loading import load_component
+from baichuan_audio_jax.conversion.vocoder import load_vocoder
+from baichuan_audio_jax.inference.audio_tokenizer import AudioTokenizerRuntime
+from baichuan_audio_jax.inference.griffin_lim import griffin_lim_wave
 from baichuan_audio_jax.models.flow_matching import FlowMatchingDecoder, euler_schedule, guidance_weights
 from baichuan_audio_jax.models.hift import HiFTGenerator
+from baichuan_audio_jax.models.pure import init_model
 
 SAMPLE_RATE = 24000
 CROSSFADE_SAMPLES = 240  # 10 ms at 24 kHz, the value the reference demos pass
@@ -158,8 +167,6 @@ def decode_segments(decoder: FlowMatchingDecoder, vocoder: HiFTGenerator | None,
                                      cfg_rate=cfg_rate)
         mel = mel[:, :int(mel_len[0])].astype(jnp.float32)
         if vocoder is None:
-            from baichuan_audio_jax.audio.mel24k import MelGeometry
-            from baichuan_audio_jax.inference.griffin_lim import griffin_lim_wave
 
             waves.append(griffin_lim_wave(np.asarray(mel[0]), MelGeometry.of(decoder.cfg.flow_matching), seed=i))
             continue
@@ -199,10 +206,7 @@ class SpeechDecoder:
         """From a model bundle with the ``audio_tokenizer`` and ``flow_matching`` components and,
         if it has one, a vocoder (``convert --component vocoder`` adds one; without it the mel is
         inverted by Griffin-Lim, with a warning)."""
-        from flax import nnx
 
-        from baichuan_audio_jax.bundle import load_bundle, read_bundle_info
-        from baichuan_audio_jax.inference.audio_tokenizer import AudioTokenizerRuntime
 
         has_vocoder = "vocoder" in read_bundle_info(path).get("checkpoints", {})
         b = load_bundle(path, components=["audio_tokenizer", "flow_matching"], vocoder=has_vocoder)
@@ -218,13 +222,7 @@ class SpeechDecoder:
         directory or file holding ``audio_tokenizer.*``), the vocoder from a ``hift.pt``-layout
         checkpoint; a part without a source is randomly initialised from ``cfg`` with ``seed``
         (a warning names it: its output is meaningless)."""
-        from flax import nnx
 
-        from baichuan_audio_jax.conversion.components import open_reference
-        from baichuan_audio_jax.conversion.loading import load_component
-        from baichuan_audio_jax.conversion.vocoder import load_vocoder
-        from baichuan_audio_jax.inference.audio_tokenizer import AudioTokenizerRuntime
-        from baichuan_audio_jax.models.pure import init_model
 
         random_parts = []
         if weights is not None:
@@ -279,7 +277,6 @@ def codes_to_wave(speech: SpeechDecoder, codes, *, key: jax.Array | None = None,
 def write_wav(path: str | os.PathLike, wave, sample_rate: int = SAMPLE_RATE, subtype: str = "PCM_16") -> str:
     """Writes a mono waveform (float, nominally in [−1, 1]; values beyond are clipped) with
     soundfile; ``subtype`` as soundfile names it (``PCM_16``, ``FLOAT``, ...). Returns the path."""
-    import soundfile as sf
 
     path = os.fspath(path)
     w = np.asarray(wave, np.float32)

@@ -2,7 +2,7 @@
 its own attribute.
 
 The composition is derived from the component registry
-(:data:`baichuan_audio_jax.conversion.components.COMPONENTS`): every registered component of the
+(:data:`baichuan_audio_jax.models.registry.PARTS`): every registered part of the
 ``"model"`` checkpoint becomes an attribute named after its ``model_path``: ``llm``
 (:class:`~baichuan_audio_jax.models.audio_llm.AudioLLM`), ``audio_tokenizer``
 (:class:`~baichuan_audio_jax.models.audio_tokenizer.AudioTokenizer`) and ``flow_matching``
@@ -19,13 +19,13 @@ from typing import Sequence
 from flax import nnx
 
 from baichuan_audio_jax.config import ModelConfig
-from baichuan_audio_jax.conversion.components import components_of
+from baichuan_audio_jax.models.registry import parts_of
 
 
 class BaichuanAudio(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, components: Sequence[str] | None = None):
         self.cfg = cfg
-        selected = components_of("model", components)
+        selected = parts_of("model", components)
         self.component_names = tuple(c.name for c in selected)
         for comp in selected:
             if len(comp.model_path) != 1:

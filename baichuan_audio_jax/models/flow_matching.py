@@ -104,7 +104,6 @@ class FlowMatchingPrenet(nnx.Module):
 
 class CausalConv1d(Conv1d):
     """Conv1d with ``k − 1`` zeros on the left only (stride 1): frame t sees frames ≤ t."""
-
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, **kw):
         super().__init__(in_channels, out_channels, kernel_size, padding=(kernel_size - 1, 0), **kw)
 

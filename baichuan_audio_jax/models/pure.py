@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import jax
 from flax import nnx
 
 
@@ -27,7 +28,6 @@ def init_model(make: Callable[[], nnx.Module], out_shardings: Any = None) -> nnx
     initialisation dispatches one small program per parameter and is slow). ``out_shardings``
     (a pytree of shardings matching the state) places every parameter where it belongs as it
     is created, so a large model never exists unsharded."""
-    import jax
 
     graphdef, _ = nnx.split(nnx.eval_shape(make))
     state = jax.jit(lambda: nnx.split(make())[1], out_shardings=out_shardings)()

@@ -12,6 +12,8 @@ import importlib
 import pkgutil
 from typing import Any, Callable
 
+import baichuan_audio_jax.parity.components as pkg
+
 Runner = Callable[[Any], dict[str, Any]]
 
 _RUNNERS: dict[str, Runner] = {}
@@ -27,8 +29,6 @@ def register(name: str) -> Callable[[Runner], Runner]:
 
 
 def runners() -> dict[str, Runner]:
-    import baichuan_audio_jax.parity.components as pkg
-
     for mod in pkgutil.iter_modules(pkg.__path__):
         importlib.import_module(f"{pkg.__name__}.{mod.name}")
     return dict(_RUNNERS)

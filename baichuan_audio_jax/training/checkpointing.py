@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 
 class Checkpointer:
@@ -82,7 +83,6 @@ def gather_json(obj: Any) -> list[Any]:
     """Every process's JSON-serialisable ``obj``, in process order (one process: ``[obj]``)."""
     if jax.process_count() == 1:
         return [json.loads(json.dumps(obj))]
-    from jax.experimental import multihost_utils
 
     data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
     lengths = multihost_utils.process_allgather(np.array([data.size], np.int32))

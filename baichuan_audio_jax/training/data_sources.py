@@ -7,19 +7,19 @@ this host's share of the global batch (``config.data.batch_size // process_count
 JSON-serialisable object and ``set_state(state)`` resumes so that the remaining batches are
 exactly those an uninterrupted run would produce; the engine stores the state in every checkpoint.
 
-``config.data.source`` selects the source: ``synthetic`` (below), ``grain`` (the Grain
-pipelines of ``data_pipelines``, ``data_pipelines.build_train_iterator``) or ``grain_audio``
-(padded audio batches of the tokenizer and flow-matching tasks,
-``data_pipelines.audio_pipeline.build_audio_iterator``).
+``config.data.source`` selects the source: ``synthetic`` (below), or one registered by the data
+pipelines when ``data_pipelines`` is imported (as ``baichuan-audio train`` does): ``grain`` (token
+sequences of every task) and ``grain_audio`` (padded audio batches of the tokenizer and
+flow-matching tasks). The library never imports the data pipelines; they register here.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
 from baichuan_audio_jax.batch import NUM_CODEBOOKS
+from baichuan_audio_jax.config import ModelConfig
 
 
 class TrainIterator(Protocol):
@@ -31,9 +31,6 @@ class TrainIterator(Protocol):
 
 Builder = Callable[..., TrainIterator]
 _SOURCES: dict[str, Builder] = {}
-# Sources living outside this package, imported on first use: name -> "module:function".
-_LAZY_SOURCES: dict[str, str] = {"grain": "data_pipelines:build_train_iterator",
-                                 "grain_audio": "data_pipelines.audio_pipeline:build_audio_iterator"}
 
 
 def register(name: str) -> Callable[[Builder], Builder]:
@@ -45,21 +42,14 @@ def register(name: str) -> Callable[[Builder], Builder]:
 
 
 def available() -> list[str]:
-    return sorted(set(_SOURCES) | set(_LAZY_SOURCES))
+    return sorted(_SOURCES)
 
 
 def get_source(name: str) -> Builder:
     if name in _SOURCES:
         return _SOURCES[name]
-    if name in _LAZY_SOURCES:
-        module, fn = _LAZY_SOURCES[name].split(":")
-        try:
-            builder = getattr(importlib.import_module(module), fn)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"data.source={name!r} needs {module}.{fn}, which is not available: {e}") from e
-        _SOURCES[name] = builder
-        return builder
-    raise ValueError(f"unknown data.source {name!r}; choose from {available()}")
+    hint = " (the grain sources are registered by `import data_pipelines`)" if name.startswith("grain") else ""
+    raise ValueError(f"unknown data.source {name!r}; choose from {available()}{hint}")
 
 
 def build_iterator(config, *, process_index: int = 0, process_count: int = 1) -> TrainIterator:
@@ -88,8 +78,6 @@ class SyntheticIterator:
     """
 
     def __init__(self, config, *, process_index: int, process_count: int):
-        from baichuan_audio_jax.config import ModelConfig
-
         d = config.data
         self.seed = int(d.get("seed", config.seed))
         self.seq_len = int(d.seq_len)

@@ -16,10 +16,17 @@ import os
 from typing import Any
 
 import jax
+import ml_dtypes  # noqa: F401  (registers the bfloat16 numpy dtype)
 import numpy as np
 from flax import nnx
+from safetensors.numpy import save_file
 
 from baichuan_audio_jax.config import ModelConfig, reference_config_from_model
+from baichuan_audio_jax.conversion.mapping import combine_tables, export_tensors
+from baichuan_audio_jax.conversion.tables.audio_tokenizer import audio_tokenizer_tables
+from baichuan_audio_jax.conversion.tables.flow_matching import flow_matching_table
+from baichuan_audio_jax.sharding import make_mesh
+from baichuan_audio_jax.training.initial_weights import run_state
 
 # task -> (attribute of the trained model, table functions of the part)
 _PARTS = {
@@ -29,16 +36,11 @@ _PARTS = {
 
 
 def _tables(kind: str, cfg: ModelConfig):
-    from baichuan_audio_jax.conversion.tables.audio_tokenizer import audio_tokenizer_tables
-    from baichuan_audio_jax.conversion.tables.flow_matching import flow_matching_table
-
     return list(audio_tokenizer_tables(cfg)) if kind == "audio_tokenizer" else [flow_matching_table(cfg)]
 
 
 def trained_model(workdir: str, step: int | None = None) -> tuple[nnx.Module, Any, int]:
     """(model with the checkpoint's weights, run config, step) of a training run, on one device."""
-    from baichuan_audio_jax.sharding import make_mesh
-    from baichuan_audio_jax.training.initial_weights import run_state
 
     mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
     state, program = run_state(workdir, mesh, step)
@@ -48,7 +50,6 @@ def trained_model(workdir: str, step: int | None = None) -> tuple[nnx.Module, An
 
 def reference_tensors(model: nnx.Module, task: str, cfg: ModelConfig) -> dict[str, np.ndarray]:
     """Reference name -> float32 numpy tensor for every reference tensor of the trained parts."""
-    from baichuan_audio_jax.conversion.mapping import combine_tables, export_tensors
 
     if task not in _PARTS:
         raise ValueError(f"runs of task {task!r} cannot be exported here (tasks: {sorted(_PARTS)})")
@@ -63,14 +64,11 @@ def reference_tensors(model: nnx.Module, task: str, cfg: ModelConfig) -> dict[st
 def export_run(workdir: str, out_dir: str, step: int | None = None, dtype: str = "float32") -> dict:
     """Writes ``out_dir/model.safetensors`` (reference names and layouts) and ``out_dir/config.json``
     (reference format) for a training run; returns a summary."""
-    from safetensors.numpy import save_file
 
     model, config, at = trained_model(workdir, step)
     cfg = ModelConfig.from_config(config.model)
     tensors = reference_tensors(model, str(config.task), cfg)
     if dtype != "float32":
-        import ml_dtypes  # noqa: F401  (bfloat16 numpy dtype)
-
         tensors = {k: v.astype(np.dtype(dtype)) for k, v in tensors.items()}
     os.makedirs(out_dir, exist_ok=True)
     save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})

@@ -35,6 +35,7 @@ from baichuan_audio_jax.config import ModelConfig
 from baichuan_audio_jax.models.audio_tokenizer import AudioTokenizer
 from baichuan_audio_jax.models.flow_matching import FlowMatchingDecoder, cfm_loss
 from baichuan_audio_jax.training.tasks import Task, Trainable, register
+from baichuan_audio_jax.training.tokenizer_task import _stack_flops
 
 PREFIX = "fm"
 
@@ -102,7 +103,6 @@ def validate(batch: Mapping[str, np.ndarray], model_cfg: ModelConfig) -> None:
 def flops_per_step(model_cfg: ModelConfig, batch_size: int, seq_len: int, train_cfg=None) -> float:
     """Model FLOPs of one step: the frozen tokenizer's forward (encoder + decoder, once) plus
     3 × the forward of prenet and U-Net (forward + backward)."""
-    from baichuan_audio_jax.training.tokenizer_task import _stack_flops
 
     g = audio_batch.AudioGeometry.of(model_cfg, seq_len, padded=True)
     enc, dec, fm = model_cfg.audio_encoder, model_cfg.audio_decoder, model_cfg.flow_matching

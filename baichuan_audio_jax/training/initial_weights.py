@@ -29,7 +29,10 @@ import jax
 import ml_collections
 from flax import nnx
 
+from baichuan_audio_jax.conversion.bundle import is_bundle, load_bundle
+from baichuan_audio_jax.training.checkpointing import Checkpointer
 from baichuan_audio_jax.training.train_state import TrainState
+from baichuan_audio_jax.training.train_step import build_program
 
 
 def _key(tree: Any, name: str):
@@ -84,8 +87,6 @@ def parse_spec(target: str, spec: str) -> tuple[str, str]:
 def run_state(workdir: str, mesh, step: int | None = None) -> tuple[TrainState, Any]:
     """The checkpointed state of the training run in ``workdir`` (latest step by default) and its
     program."""
-    from baichuan_audio_jax.training.checkpointing import Checkpointer
-    from baichuan_audio_jax.training.train_step import build_program
 
     path = os.path.join(workdir, "config.json")
     try:
@@ -106,7 +107,6 @@ def run_state(workdir: str, mesh, step: int | None = None) -> tuple[TrainState, 
 
 def _source_parts(location: str, part: str, mesh) -> tuple[Any, Any]:
     """(parameters, other model state) of ``part`` of the model at ``location`` as pure dicts."""
-    from baichuan_audio_jax.bundle import is_bundle, load_bundle
 
     if is_bundle(location):
         model = load_bundle(location, vocoder=False).model

@@ -16,6 +16,9 @@ import os
 import time
 from typing import Mapping
 
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
+
 
 class MetricsWriter:
     def __init__(self, workdir: str, *, start_step: int, total_steps: int, enabled: bool = True,
@@ -28,11 +31,9 @@ class MetricsWriter:
             return
         os.makedirs(workdir, exist_ok=True)
         _truncate_after(self.path, start_step)
-        from tensorboardX import SummaryWriter
 
         self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
         if progress:
-            from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                             desc="train", smoothing=0.1)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import time
 
+from jax.experimental import topologies
+
 from baichuan_audio_jax.training.mesh import describe, mesh_from_config
 from baichuan_audio_jax.training.train_step import build_program
 
@@ -74,7 +76,6 @@ def hbm_for(topology: str) -> int | None:
 
 def tpu_devices(topology: str) -> list:
     """Abstract devices of a TPU slice, e.g. ``v5p:4x4x4`` (needs libtpu, no TPU)."""
-    from jax.experimental import topologies
 
     try:
         desc = topologies.get_topology_desc(platform="tpu", topology_name=topology)

@@ -31,11 +31,15 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import importlib
 from typing import Any, Callable, Mapping
 
+import jax
 import numpy as np
 
 from baichuan_audio_jax import batch as batch_layout
+from baichuan_audio_jax.models.audio_llm import AudioLLM
+from baichuan_audio_jax.training.losses import audio_llm_loss, loss_denominators
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +116,6 @@ def register(task: Task) -> Task:
 
 def get_task(name: str) -> Task:
     if name not in _TASKS and name in _LAZY_TASKS:
-        import importlib
 
         importlib.import_module(_LAZY_TASKS[name])
     if name not in _TASKS:
@@ -125,14 +128,11 @@ def get_task(name: str) -> Task:
 # --------------------------------------------------------------------------------------------
 
 def _make_audio_llm(model_cfg, rngs):
-    from baichuan_audio_jax.models.audio_llm import AudioLLM
-
     return AudioLLM(model_cfg, rngs=rngs)
 
 
 def _audio_llm_loss(model, batch, denominators, rng, train_cfg, step=None):
     del rng, step  # the audio LLM trains without dropout or schedules
-    from baichuan_audio_jax.training.losses import audio_llm_loss
 
     return audio_llm_loss(model, batch, denominators,
                           audio_loss_weight=float(train_cfg.audio_loss_weight),
@@ -141,8 +141,6 @@ def _audio_llm_loss(model, batch, denominators, rng, train_cfg, step=None):
 
 
 def _audio_llm_denominators(batch, model_cfg=None):
-    from baichuan_audio_jax.training.losses import loss_denominators
-
     return loss_denominators(batch)
 
 
@@ -203,7 +201,6 @@ AUDIO_LLM = register(Task(
 
 def parameter_paths(tree: Any, prefix: str) -> list[str]:
     """``prefix/a/b/c`` for every leaf of a nested-dict parameter tree (flatten order)."""
-    import jax
 
     return [f"{prefix}/" + "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
             for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
@@ -211,7 +208,6 @@ def parameter_paths(tree: Any, prefix: str) -> list[str]:
 
 def path_tree(tree: Any, prefix: str) -> Any:
     """A tree like ``tree`` whose leaves are their ``prefix/...`` paths."""
-    import jax
 
     return jax.tree.unflatten(jax.tree.structure(tree), parameter_paths(tree, prefix))
 

@@ -51,6 +51,7 @@ import numpy as np
 from flax import nnx
 
 from baichuan_audio_jax import audio_batch
+from baichuan_audio_jax.audio.lengths import audio_tokens, encoder_frames
 from baichuan_audio_jax.config import ModelConfig
 from baichuan_audio_jax.layers.linear import Dense
 from baichuan_audio_jax.layers.transformer import zero_padding
@@ -59,6 +60,7 @@ from baichuan_audio_jax.models.audio_llm import AudioLLM
 from baichuan_audio_jax.models.audio_tokenizer import AudioTokenizer
 from baichuan_audio_jax.models.vq_bridge import NUM_CODEBOOKS
 from baichuan_audio_jax.training import codebook_learning as cl
+from baichuan_audio_jax.training.losses import text_ce_sum
 from baichuan_audio_jax.training.tasks import Task, Trainable, register
 
 PREFIX = "tok"
@@ -138,7 +140,6 @@ def denominators(batch: Mapping[str, jax.Array], model_cfg: ModelConfig) -> dict
     """Valid elements of the global batch per loss term (at least 1)."""
     bins = model_cfg.audio_decoder.num_mel_bins
     enc = model_cfg.audio_encoder
-    from baichuan_audio_jax.audio.lengths import audio_tokens, encoder_frames
 
     n = audio_tokens(encoder_frames(batch["feature_lengths"], enc.kernel_size, enc.stride_size),
                      model_cfg.vq_bridge.avg_pooler)
@@ -190,7 +191,6 @@ def tokenizer_loss(model: TokenizerTraining, batch: Mapping[str, jax.Array], den
     # LLM alignment on the transcript.
     llm_loss = jnp.zeros((), jnp.float32)
     if float(tc.llm_weight) > 0:
-        from baichuan_audio_jax.training.losses import text_ce_sum
 
         seq = alignment_sequence(cfg, n, slots, batch["text_ids"], batch["text_lengths"])
         emb = model.llm_adapter(x.astype(model.llm.dtype))

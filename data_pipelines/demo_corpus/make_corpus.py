@@ -28,6 +28,12 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from baichuan_audio_jax.audio.resample import resample
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # -- grammar ---------------------------------------------------------------------------------------
@@ -152,7 +158,6 @@ def espeak_version() -> str:
 
 def synthesise(text: str, voice: str, speed: int, workdir: str):
     """espeak-ng's waveform of ``text``: (float32 samples, sample rate)."""
-    import soundfile as sf
 
     wav = os.path.join(workdir, "utterance.wav")
     subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", wav, text], check=True,
@@ -163,11 +168,7 @@ def synthesise(text: str, voice: str, speed: int, workdir: str):
 
 def condition(wav, sr: int):
     """16 kHz, trimmed to the speech plus EDGE_SECONDS each side, loudness-normalised."""
-    import librosa
-    import numpy as np
-
-    from baichuan_audio_jax.audio.resample import resample
-
+    import librosa  # lazy: librosa's import costs ~1 s (numba); only corpus regeneration needs it
     wav = resample(wav, sr, SAMPLE_RATE)
     frame, hop = 400, 160
     _, (start, end) = librosa.effects.trim(wav, top_db=TRIM_TOP_DB, frame_length=frame, hop_length=hop)
@@ -184,8 +185,6 @@ def condition(wav, sr: int):
 
 def render(utterances: list[Utterance], out_dir: str, side: str) -> list[dict]:
     """Synthesises ``utterances`` into ``out_dir/audio`` and returns their manifest records."""
-    import soundfile as sf
-    from tqdm import tqdm
 
     os.makedirs(os.path.join(out_dir, "audio"), exist_ok=True)
     records = []

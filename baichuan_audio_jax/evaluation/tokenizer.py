@@ -19,15 +19,16 @@ from tqdm import tqdm
 from baichuan_audio_jax import audio_batch
 from baichuan_audio_jax.config import ModelConfig
 from baichuan_audio_jax.training import codebook_learning as cl
+from baichuan_audio_jax.training.tokenizer_task import evaluate
+from data_pipelines.audio_pipeline import AudioExample
+from data_pipelines.skips import Skip
+from data_pipelines.sources import JsonlSource, parse_source_spec
 
 
 def evaluate_manifest(tokenizer, config, manifest: str, *, batch_size: int = 8, progress: bool = True,
                       log: Callable[[str], None] = print) -> dict:
     """The report (see the module docstring) of ``tokenizer`` (an ``AudioTokenizer``) under the
     run ``config`` (its model and ``data.seq_len``) on every record of ``manifest``."""
-    from data_pipelines.audio_pipeline import AudioExample
-    from data_pipelines.skips import Skip
-    from data_pipelines.sources import JsonlSource, parse_source_spec
 
     model_cfg = ModelConfig.from_config(config.model)
     seq_len = int(config.data.seq_len)
@@ -36,7 +37,6 @@ def evaluate_manifest(tokenizer, config, manifest: str, *, batch_size: int = 8, 
     source = JsonlSource(parse_source_spec({"path": manifest, "kind": "jsonl"}), None)
     make = AudioExample(source, model_cfg, "audio_tokenizer", max_samples=seq_len * enc.hop_length - 1,
                         max_seconds=seq_len * enc.hop_length / enc.sampling_rate, text_len=1)
-    from baichuan_audio_jax.training.tokenizer_task import evaluate
 
     step = jax.jit(lambda b: evaluate(tokenizer, b))
     totals: dict[str, np.ndarray] = {}

@@ -16,6 +16,10 @@ import io
 import os
 from typing import Iterable, Sequence
 
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2 as pb
+from tokenizers import Tokenizer
+
 from baichuan_audio_jax.config import SpecialTokens
 
 # SpecialTokens field -> reference token string (spec §6.1). pad_token_id is not listed: the
@@ -72,8 +76,6 @@ class HFTokenizer(TextTokenizer):
     """A Hugging Face ``tokenizer.json`` (the ``tokenizers`` library; no torch needed)."""
 
     def __init__(self, path: str):
-        from tokenizers import Tokenizer
-
         self.path = path
         try:
             self._tok = Tokenizer.from_file(path)
@@ -103,8 +105,6 @@ class SentencePieceTokenizer(TextTokenizer):
     """A sentencepiece model; special tokens are CONTROL pieces (never produced from text)."""
 
     def __init__(self, path: str | None = None, *, model_proto: bytes | None = None):
-        import sentencepiece as spm
-
         self.path = path or "<in-memory sentencepiece model>"
         try:
             self._sp = (spm.SentencePieceProcessor(model_proto=model_proto) if model_proto is not None
@@ -179,8 +179,6 @@ def train_sentencepiece(texts: Iterable[str], out_path: str | os.PathLike, token
     CONTROL piece. Unused ids up to ``vocab_size`` (the model's vocabulary) are filled with
     ``<unused_N>`` control pieces, so the result passes :func:`check_special_tokens` for ``tokens``.
     """
-    import sentencepiece as spm
-    from sentencepiece import sentencepiece_model_pb2 as pb
 
     eos = SPECIAL_TOKEN_STRINGS["eos_token_id"]
     fixed = {tokens.eos_token_id: eos}

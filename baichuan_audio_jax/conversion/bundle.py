@@ -39,9 +39,17 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import jax
 import ml_collections
 import numpy as np
-from flax import nnx
+import orbax.checkpoint as ocp
+from flax import nnx, traverse_util
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, SingleDeviceSharding
 
 from baichuan_audio_jax.config import ModelConfig, load_config, model_config_to_json
+from baichuan_audio_jax.conversion.components import COMPONENTS, components_of
+from baichuan_audio_jax.conversion.orbax_io import OrbaxParams, save_tree
+from baichuan_audio_jax.models.baichuan_audio import BaichuanAudio
+from baichuan_audio_jax.sharding import state_shardings
+from baichuan_audio_jax.staging import staged_directory, staging_path
 
 BUNDLE_FORMAT = "baichuan-audio-bundle"
 BUNDLE_VERSION = 1
@@ -189,7 +197,6 @@ def merge_info(kept: Mapping[str, Any] | None, new: Mapping[str, Any], checkpoin
     (the caller lists the staged directory)."""
     if kept is None:
         return dict(new)
-    from baichuan_audio_jax.conversion.components import COMPONENTS
 
     def other(component: str) -> bool:
         return component in COMPONENTS and COMPONENTS[component].checkpoint != checkpoint
@@ -259,7 +266,6 @@ def staged_bundle(path: str | os.PathLike, checkpoint: str, kept: Mapping[str, A
     those of ``checkpoint`` (:func:`checkpoint_files`) and ``bundle.json``/``config.json``,
     hard-linked (the existing bundle is never modified; it is replaced only once the new one is
     complete)."""
-    from baichuan_audio_jax.staging import staged_directory
 
     path = os.path.abspath(os.fspath(path))
     with staged_directory(path, overwrite=overwrite or kept is not None) as staging:
@@ -287,8 +293,6 @@ def checkpoint_model(checkpoint: str, cfg: ModelConfig, rngs: nnx.Rngs,
                      components: Sequence[str] | None = None) -> nnx.Module:
     """The module whose state a bundle checkpoint holds: ``BaichuanAudio`` (with ``components``,
     default all) for ``"model"``, the vocoder component's own model for ``"vocoder"``."""
-    from baichuan_audio_jax.conversion.components import components_of
-    from baichuan_audio_jax.models.baichuan_audio import BaichuanAudio
 
     if checkpoint == "model":
         return BaichuanAudio(cfg, rngs=rngs, components=components)
@@ -298,18 +302,11 @@ def checkpoint_model(checkpoint: str, cfg: ModelConfig, rngs: nnx.Rngs,
 
 def _flat(state) -> dict[tuple, Any]:
     return {tuple(p): v for p, v in nnx.to_flat_state(state)}
-
-
 def restore_state(directory: str, abstract_state: Any, shardings: Any = None) -> Any:
     """Restores an NNX state (given abstractly) from an Orbax checkpoint holding (at least) its
     parameters, cast to the state's dtypes. ``shardings``: None (default device), a ``Mesh``
     (placement from the logical axis rules) or a state-shaped tree of shardings."""
-    import orbax.checkpoint as ocp
-    from flax import traverse_util
-    from jax.sharding import Mesh, SingleDeviceSharding
 
-    from baichuan_audio_jax.conversion.orbax_io import OrbaxParams
-    from baichuan_audio_jax.sharding import state_shardings
 
     flat = _flat(abstract_state)
     if shardings is None:
@@ -368,7 +365,6 @@ def load_bundle(path: str | os.PathLike, *, shardings: Any = None, components: S
     ``jax.sharding.Mesh`` (each variable placed by its logical axes) or a tree of shardings
     matching the model state. ``vocoder``: restore it (default: if present).
     """
-    from baichuan_audio_jax.conversion.components import COMPONENTS, components_of
 
     path = os.fspath(path)
     info = read_bundle_info(path)
@@ -419,8 +415,6 @@ def save_bundle(path: str | os.PathLike, model_config: ml_collections.ConfigDict
     the reference layout keeps its unused tensors, config and key naming.
     Multi-process runs call this on every process (file operations happen on process 0).
     """
-    from baichuan_audio_jax.conversion.orbax_io import save_tree
-    from baichuan_audio_jax.staging import staged_directory, staging_path
 
     def pure(x):
         return nnx.to_pure_dict(nnx.state(x) if isinstance(x, nnx.Module) else x)
@@ -453,7 +447,6 @@ def save_bundle(path: str | os.PathLike, model_config: ml_collections.ConfigDict
         with staged_directory(path, overwrite=overwrite) as staging:
             write(staging)
         return path
-    from jax.experimental import multihost_utils
 
     staging = staging_path(path)
     if jax.process_index() == 0:
