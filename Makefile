@@ -7,7 +7,7 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 PYTEST_ARGS ?=
 
-.PHONY: install demo test parity plan bench lint clean
+.PHONY: install demo test test-fast parity plan bench lint clean
 
 install: $(STAMP)
 
@@ -20,8 +20,13 @@ $(STAMP): setup.py
 demo: install
 	$(PY) -m baichuan_audio_jax demo --out demo_out
 
+# Every layer (unit, parity, integration): what CI runs.
 test: install
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+# The unit layer only: fast, no fixtures needed (docs/architecture.md).
+test-fast: install
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
 parity: install
 	$(PY) -m baichuan_audio_jax parity --fixtures ../shared/parity
@@ -48,6 +53,7 @@ bench: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) $(TPU_VENV) demo_out .pytest_cache

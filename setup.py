@@ -30,7 +30,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "dev": ["pytest>=8", "ruff>=0.5"],
+    "dev": ["pytest>=8", "ruff>=0.5", "import-linter==2.17"],
     # PyTorch-side conversion checks and Hugging Face initialisation/parity tests.
     "torch": ["torch==2.13.0", "transformers>=4.45,<6"],
     "tpu": [f"jax[tpu]=={JAX_VERSION}"],

@@ -33,9 +33,8 @@ from typing import Mapping
 
 import numpy as np
 
+from baichuan_audio_jax.config import NUM_CODEBOOKS
 from baichuan_audio_jax.records import RecordError
-
-NUM_CODEBOOKS = 8
 
 FIELDS: dict[str, tuple[type, tuple[int, ...]]] = {
     "input_ids": (np.int32, ()),

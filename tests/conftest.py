@@ -49,5 +49,33 @@ def tiny_config():
     return ModelConfig.from_config(load_config(REPO / "configs" / "tiny.py").model)
 
 
+@pytest.fixture(scope="session")
+def sp_model(tmp_path_factory):
+    """A sentencepiece model of the demo corpus transcripts, sized for configs/tokenizer_tiny.py."""
+    import json
+
+    from baichuan_audio_jax.config import ModelConfig, load_config
+    from baichuan_audio_jax.text.tokenizer import train_sentencepiece
+    from data_pipelines.demo_corpus import TRAIN_MANIFEST
+    from data_pipelines.manifest import record_texts
+
+    cfg = ModelConfig.from_config(load_config(REPO / "configs" / "tokenizer_tiny.py").model)
+    texts = [t for line in open(TRAIN_MANIFEST) for t in record_texts(json.loads(line))]
+    path = tmp_path_factory.mktemp("sp") / "demo.model"
+    train_sentencepiece(texts, path, cfg.tokens, vocab_size=cfg.llm.vocab_size)
+    return str(path)
+
+
 def requires_torch():
     return pytest.importorskip("torch", reason="the optional `torch` extra is not installed")
+
+
+_LAYERS = ("unit", "parity", "integration")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks every test with its layer, the folder it lives in (tests/<layer>/...)."""
+    for item in items:
+        parts = pathlib.Path(str(item.fspath)).relative_to(REPO / "tests").parts
+        if len(parts) > 1 and parts[0] in _LAYERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))

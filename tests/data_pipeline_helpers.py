@@ -17,8 +17,8 @@ import soundfile as sf
 from baichuan_audio_jax.audio.io import load_audio
 from baichuan_audio_jax.config import ModelConfig
 from baichuan_audio_jax.records import encode_tokenized
-from data_pipelines.audio_codes import min_samples_for_one_token, num_audio_tokens
 from baichuan_audio_jax.text.tokenizer import SPECIAL_TOKEN_STRINGS
+from data_pipelines.audio_codes import min_samples_for_one_token, num_audio_tokens
 
 ALPHABET = (" abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:;!?'-<>|_{}"
             "将语音转录为文本翻译英你好世界我的鼻子只是隔几天就出一次血，单孔。")

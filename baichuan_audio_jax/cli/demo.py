@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from baichuan_audio_jax.config import load_config
     from baichuan_audio_jax.demo.pipeline import REPORT_FILE, Demo
 
-    config = load_config(args.config, args.config_overrides)
+    config = load_config(args.config, args.config_overrides, run=False)
     report = Demo(config, args.out, progress=not args.no_progress).run()
     ev = report["evaluation"]
     print(json.dumps({

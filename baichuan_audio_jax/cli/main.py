@@ -3,8 +3,9 @@
 Every module ``baichuan_audio_jax/cli/<name>.py`` (other than this one) is the subcommand
 ``<name>`` and defines ``HELP`` (a paragraph; its first sentence is the one-line summary),
 ``add_arguments(parser)`` and ``run(args) -> int``. ``--help`` imports every subcommand module, so
-they import the library inside ``run`` (marked ``# lazy: CLI start-up``) to keep it fast. A module may set ``ACCEPTS_CONFIG_OVERRIDES = True`` to receive
-``--config.a.b=value`` items as ``args.config_overrides``.
+they import the library inside ``run`` (marked ``# lazy: CLI start-up``) to keep it fast. A
+module may set ``ACCEPTS_CONFIG_OVERRIDES = True`` to receive ``--config.a.b=value`` items as
+``args.config_overrides``.
 """
 from __future__ import annotations
 

@@ -14,7 +14,9 @@ ACCEPTS_CONFIG_OVERRIDES = True
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="config file (configs/*.py or a reference config.json)")
-    p.add_argument("--workdir", required=True, help="run directory: checkpoints, metrics, TensorBoard")
+    p.add_argument("--workdir", help="run directory: checkpoints, metrics, TensorBoard (required to train)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config, every field with its value and doc, and exit")
     p.add_argument("--coordinator", default=None, help="host:port of process 0 (multi-process runs)")
     p.add_argument("--num-processes", type=int, default=None)
     p.add_argument("--process-id", type=int, default=None)
@@ -23,12 +25,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
-    from baichuan_audio_jax.config import load_config
+    import data_pipelines  # noqa: F401  (registers the grain data sources)
+    from baichuan_audio_jax.cli.main import CLIError
+    from baichuan_audio_jax.config import format_config, load_config
     from baichuan_audio_jax.training import distributed
     from baichuan_audio_jax.training.trainer import train
-    import data_pipelines  # noqa: F401  (registers the grain data sources)
 
     config = load_config(args.config, args.config_overrides)
+    if args.print_config:
+        print(format_config(config))
+        return 0
+    if not args.workdir:
+        raise CLIError("--workdir is required to train")
     if args.coordinator:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     train(config, args.workdir, progress=not args.no_progress)

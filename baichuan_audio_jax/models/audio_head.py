@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from baichuan_audio_jax.config import ModelConfig
+from baichuan_audio_jax.config import NUM_CODEBOOKS, ModelConfig
 from baichuan_audio_jax.layers.attention import KVCache, MultiHeadAttention, causal_mask, dot_product_attention
 from baichuan_audio_jax.layers.embed import Embed
 from baichuan_audio_jax.layers.linear import Dense
@@ -29,8 +29,6 @@ from baichuan_audio_jax.layers.mlp import gelu
 from baichuan_audio_jax.layers.norms import RMSNorm
 from baichuan_audio_jax.layers.params import fan_in_normal, param
 from baichuan_audio_jax.layers.stack import run_stack, stacked
-
-NUM_CODEBOOKS = 8
 
 
 class DepthFFN(nnx.Module):

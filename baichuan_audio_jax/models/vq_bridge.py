@@ -29,13 +29,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from baichuan_audio_jax.config import ModelConfig
+from baichuan_audio_jax.config import NUM_CODEBOOKS, ModelConfig
 from baichuan_audio_jax.layers.conv import Conv1d
 from baichuan_audio_jax.layers.linear import Dense
 from baichuan_audio_jax.layers.norms import LayerNorm
 from baichuan_audio_jax.layers.transformer import zero_padding
 
-NUM_CODEBOOKS = 8
 PADDING_CODE = -1  # code value at positions past a sample's token count
 
 

@@ -10,11 +10,12 @@ import os
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import REPO as _REPO  # noqa: E402
 
 from baichuan_audio_jax.audio.io import load_audio
 from data_pipelines.demo_corpus import CORPUS_DIR, HELDOUT_MANIFEST, TRAIN_MANIFEST, make_corpus
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(_REPO)
 SIZE_BUDGET = 10 * 1024 * 1024  # bytes: audio + manifests
 SIDES = {"train": TRAIN_MANIFEST, "heldout": HELDOUT_MANIFEST}
 

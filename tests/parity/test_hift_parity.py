@@ -7,10 +7,8 @@ reference cumsum bit for bit; weight-norm folds agree with PyTorch to 1e-6 relat
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import requires_torch
 from flax import nnx
 
 from baichuan_audio_jax.config import VocoderConfig, vocoder_config_from_reference
@@ -18,8 +16,7 @@ from baichuan_audio_jax.conversion.mapping import MappingError, check_coverage, 
 from baichuan_audio_jax.conversion.tables import vocoder_table
 from baichuan_audio_jax.conversion.vocoder import export_vocoder, load_vocoder, vocoder_config_from_tensors
 from baichuan_audio_jax.inference.waveform import mel_to_wave
-from baichuan_audio_jax.layers.weight_norm import fold_weight_norm
-from baichuan_audio_jax.models.hift import HiFTGenerator, harmonic_phase
+from baichuan_audio_jax.models.hift import HiFTGenerator
 from baichuan_audio_jax.parity.runner import run_component
 
 
@@ -45,21 +42,6 @@ def test_parity_hift_vocoder(fixture_set):
     assert {"waveform", "f0", "source_s", "conv_post_out"} <= {r.array for r in results}
 
 
-def test_harmonic_phase_equals_float64_accumulation():
-    """Long sequences (200 frames = 96,000 samples, f0 0–500 Hz incl. unvoiced zeros): every
-    value equals fl32(float64 prefix sum) mod 1, which a float32 running sum misses by ~1e-3."""
-    rng = np.random.default_rng(0)
-    f0 = rng.uniform(0, 500, (2, 200)).astype(np.float32)
-    f0[:, 20:30] = 0.0
-    hop, sr, nh = 480, 24000, 9
-    ours = np.asarray(jax.jit(lambda f: harmonic_phase(f, nh, hop, sr))(jnp.asarray(f0)))
-    inc = (np.repeat(f0, hop, axis=1)[:, :, None] * np.arange(1, nh + 1, dtype=np.float32)) / np.float32(sr)
-    ref = np.mod(np.cumsum(inc.astype(np.float64), axis=1).astype(np.float32), np.float32(1))
-    np.testing.assert_array_equal(ours, ref)
-    naive = np.mod(np.cumsum(inc, axis=1, dtype=np.float32), np.float32(1))
-    assert np.abs(naive - ref).max() > 1e-4  # what the exact scheme is for
-
-
 def test_weight_norm_fold_per_input_channel_for_transposed_conv(vocoder, comp):
     w = comp.weights
     g, v = w["ups.0.weight_g"], w["ups.0.weight_v"]  # [in, 1, 1], [in, out, k]
@@ -71,33 +53,6 @@ def test_weight_norm_fold_per_input_channel_for_transposed_conv(vocoder, comp):
     gc, vc = w["conv_pre.weight_g"], w["conv_pre.weight_v"]  # [out, 1, 1], [out, in, k]
     conv = vc * (gc / np.sqrt((vc.astype(np.float64) ** 2).sum(axis=(1, 2), keepdims=True)))
     np.testing.assert_allclose(np.asarray(vocoder.conv_pre.kernel()).transpose(2, 1, 0), conv, rtol=1e-6, atol=1e-7)
-
-
-@pytest.mark.filterwarnings("ignore:.*weight_norm.*is deprecated:FutureWarning")
-def test_weight_norm_fold_matches_torch_for_both_apis():
-    """Our fold of the stored (g, v) equals PyTorch's weight for Conv1d and ConvTranspose1d under
-    the legacy and the parametrizations weight norm (bound 1e-6 relative)."""
-    torch = requires_torch()
-    from torch.nn.utils import parametrizations, weight_norm
-
-    # PyTorch layout -> ours and back: Conv1d [out, in, k] <-> [k, in, out]; ConvTranspose1d
-    # [in, out, k] <-> [k, in, out].
-    layouts = {torch.nn.Conv1d: ((2, 1, 0), (2, 1, 0)), torch.nn.ConvTranspose1d: ((2, 0, 1), (1, 2, 0))}
-    apis = ((weight_norm, "weight_g", "weight_v"),
-            (parametrizations.weight_norm, "parametrizations.weight.original0", "parametrizations.weight.original1"))
-    torch.manual_seed(0)
-    for cls, (to_ours, to_torch) in layouts.items():
-        for wn, g_name, v_name in apis:
-            m = wn(cls(6, 5, 7, stride=3))
-            with torch.no_grad():
-                g = m.get_parameter(g_name)
-                g.mul_(torch.rand_like(g) + 0.5)
-                m(torch.zeros(1, 6, 10))  # the legacy API recomputes .weight in a forward pre-hook
-            sd = {k: t.detach().numpy() for k, t in m.state_dict().items()}
-            folded = fold_weight_norm(jnp.asarray(sd[v_name].transpose(to_ours)),
-                                      jnp.asarray(sd[g_name].transpose(to_ours)))
-            np.testing.assert_allclose(np.asarray(folded).transpose(to_torch), m.weight.detach().numpy(),
-                                       rtol=1e-6, atol=1e-7, err_msg=f"{cls.__name__} {g_name}")
 
 
 def test_both_weight_norm_namings_load_and_round_trip_exactly(vocoder, comp):

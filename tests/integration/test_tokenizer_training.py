@@ -12,7 +12,6 @@ from flax import nnx
 
 from baichuan_audio_jax.config import ModelConfig, load_config
 from data_pipelines.demo_corpus import HELDOUT_MANIFEST
-from tests.test_audio_pipeline import sp_model  # noqa: F401  (module fixture)
 from tests.training_helpers import REPO, cli_env, run_cli
 
 COMMON = ["data.batch_size=4", "data.read_threads=1", "data.prefetch=4", "log_every=1", "checkpoint.async_save=false",

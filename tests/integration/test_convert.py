@@ -19,9 +19,9 @@ import pytest
 from conftest import REPO, requires_torch
 from flax import nnx
 
-from baichuan_audio_jax.conversion.bundle import load_bundle, read_bundle_info, save_bundle
 from baichuan_audio_jax.cli.main import main
 from baichuan_audio_jax.config import ModelConfig, load_config, model_config_from_reference, reference_config_from_model
+from baichuan_audio_jax.conversion.bundle import load_bundle, read_bundle_info, save_bundle
 from baichuan_audio_jax.conversion.convert import ConversionError, bundle_to_torch, check_listing, torch_to_bundle
 from baichuan_audio_jax.conversion.torch_io import HFCheckpointWriter, ReferenceCheckpoint, TensorSpec
 

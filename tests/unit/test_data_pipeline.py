@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import REPO as _REPO  # noqa: E402
 from data_pipeline_helpers import (
     char_tokenizer_json,
     make_codes_for,
@@ -21,7 +22,7 @@ from baichuan_audio_jax.batch import validate_batch
 from baichuan_audio_jax.config import load_config
 from data_pipelines.pipeline import build_train_iterator, make_builder
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(_REPO)
 NUM_RECORDS = 40
 
 

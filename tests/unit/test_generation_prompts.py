@@ -5,8 +5,8 @@ import pytest
 from data_pipeline_helpers import char_tokenizer_json, random_codes
 
 from baichuan_audio_jax.inference.prompts import PromptBuilder, PromptError, check_text, split_tts_text, validate_chat
-from data_pipelines.sequences import Prompts, SequenceBuilder
 from baichuan_audio_jax.text.tokenizer import load_text_tokenizer
+from data_pipelines.sequences import Prompts, SequenceBuilder
 
 
 @pytest.fixture(scope="module")

@@ -16,18 +16,6 @@ from tests.training_helpers import REPO
 
 
 @pytest.fixture(scope="module")
-def sp_model(tmp_path_factory):
-    from data_pipelines.manifest import record_texts
-    from baichuan_audio_jax.text.tokenizer import train_sentencepiece
-
-    cfg = ModelConfig.from_config(load_config(REPO / "configs" / "tokenizer_tiny.py").model)
-    texts = [t for line in open(TRAIN_MANIFEST) for t in record_texts(json.loads(line))]
-    path = tmp_path_factory.mktemp("sp") / "demo.model"
-    train_sentencepiece(texts, path, cfg.tokens, vocab_size=cfg.llm.vocab_size)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
     """Five demo utterances plus a missing file, a corrupt file and a record without a transcript."""
     d = tmp_path_factory.mktemp("manifest")

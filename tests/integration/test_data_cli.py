@@ -4,12 +4,13 @@ import os
 
 import numpy as np
 import pytest
+from conftest import REPO as _REPO  # noqa: E402
 from data_pipeline_helpers import char_tokenizer_json, random_codes, write_audio, write_manifest, write_shards
 
 from baichuan_audio_jax.cli.main import main
 from data_pipelines.audio_codes import frame_count_codes, num_audio_tokens
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(_REPO)
 TINY = os.path.join(REPO, "configs", "tiny.py")
 
 

@@ -1,16 +1,15 @@
 """``baichuan-audio tokenize`` / ``detokenize`` end to end, on the real recordings and on bad files,
 with the fixture set's tiny tokenizer weights given as a reference-layout safetensors file."""
 import json
-import pathlib
 
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import REPO
 
 from baichuan_audio_jax.cli.main import main
 from baichuan_audio_jax.records import decode_tokenized
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.py")
 
 

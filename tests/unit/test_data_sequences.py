@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from data_pipeline_helpers import char_tokenizer_json, random_codes
 
+from baichuan_audio_jax.text.tokenizer import load_text_tokenizer
 from data_pipelines.sequences import Prompts, SequenceBuilder
 from data_pipelines.skips import RecordError
-from baichuan_audio_jax.text.tokenizer import load_text_tokenizer
 
 
 @pytest.fixture(scope="module")
