@@ -26,7 +26,7 @@ test: install
 
 # The unit layer only: fast, no fixtures needed (docs/architecture.md).
 test-fast: install
-	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests/unit -m "not parity" $(PYTEST_ARGS)
 
 parity: install
 	$(PY) -m baichuan_audio_jax parity --fixtures ../shared/parity

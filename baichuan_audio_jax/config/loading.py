@@ -85,7 +85,10 @@ def _run_config_file(path: str) -> ml_collections.ConfigDict:
         raise ValueError(f"config file {path}: syntax error at line {e.lineno}: {e.msg}") from e
     if not hasattr(module, "get_config"):
         raise AttributeError(f"config file {path} defines no get_config()")
-    return module.get_config()
+    try:
+        return module.get_config()
+    except TypeError as e:  # a value of the wrong type for a declared field
+        raise ValueError(f"config file {path}: {e}") from e
 
 
 def _read_json(path: str) -> Any:

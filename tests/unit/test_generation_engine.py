@@ -1,4 +1,5 @@
-"""Properties of the decoding engine on the fixture set's tiny LM (reference weights).
+"""Properties of the decoding engine on a tiny LM, with random weights and (when the fixtures are
+present, marked ``parity``) with the fixture set's reference weights.
 
 * sampling is deterministic given a seed;
 * rows batched together stop independently and produce exactly what they produce alone (left
@@ -18,6 +19,7 @@ from generation_helpers import fixture_config, llm, synthetic_token_strings
 from baichuan_audio_jax.inference import interleave as il
 from baichuan_audio_jax.inference.engine import DecodingEngine, PhaseSampling, Request
 from baichuan_audio_jax.inference.sampling import SamplingParams
+from baichuan_audio_jax.models.audio_llm import AudioLLM
 
 CHAT = PhaseSampling(SamplingParams(temperature=0.8, top_k=20, top_p=0.85, repetition_penalty=1.1),
                      SamplingParams(temperature=0.3, top_k=20, top_p=0.85, repetition_penalty=1.05),
@@ -29,10 +31,14 @@ TEXT = il.Protocol(text=True, speech=False, first_text_max_tokens=40, audio_max_
 SPEAK = il.Protocol(text=False, speech=True, audio_max_frames=6)
 
 
-@pytest.fixture(scope="module")
-def engine(parity_dir):
-    cfg = fixture_config(str(parity_dir))
-    model = llm(str(parity_dir), cfg)
+@pytest.fixture(scope="module", params=["random", pytest.param("reference", marks=pytest.mark.parity)])
+def engine(request, tiny_config):
+    if request.param == "reference":
+        parity_dir = str(request.getfixturevalue("parity_dir"))
+        cfg = fixture_config(parity_dir)
+        model = llm(parity_dir, cfg)
+    else:
+        cfg, model = tiny_config, AudioLLM(tiny_config, rngs=nnx.Rngs(0))
     return DecodingEngine(model, token_strings=synthetic_token_strings(cfg.llm.vocab_size))
 
 

@@ -1,5 +1,6 @@
-"""The audio tokenizer model, its mapping tables and its runtime, on the fixture set's tiny model
-(the reference's own random weights).
+"""The audio tokenizer model, its mapping tables and its runtime, on a randomly initialised tiny
+model and (when the fixtures are present, marked ``parity``) on the fixture set's tiny model (the
+reference's own random weights).
 
 Bounds: a sample's outputs in a padded batch equal its outputs alone within 1e-5 (float32,
 different padding changes only summation order); codes exactly. Table conversions are bit-exact.
@@ -31,17 +32,28 @@ from baichuan_audio_jax.models.vq_bridge import Codebook
 PARTS = ("audio_encoder", "vq_bridge", "audio_decoder")
 
 
-@pytest.fixture(scope="module")
-def cfg(fixture_set):
-    return fixture_set.model_config
+@pytest.fixture(scope="module", params=["random", pytest.param("reference", marks=pytest.mark.parity)])
+def weights(request, tiny_config):
+    """(config, reference-layout tensors): the fixture set's, or those of a random tiny model."""
+    if request.param == "reference":
+        fixture_set = request.getfixturevalue("fixture_set")
+        out = {}
+        for part in PARTS:
+            out.update(fixture_set.component(part).weights)
+        return fixture_set.model_config, out
+    random_model = AudioTokenizer(tiny_config, rngs=nnx.Rngs(3))
+    concrete = combine_tables(*audio_tokenizer_tables(tiny_config))
+    return tiny_config, dict(export_tensors(nnx.state(random_model), concrete))
 
 
 @pytest.fixture(scope="module")
-def tensors(fixture_set):
-    out = {}
-    for part in PARTS:
-        out.update(fixture_set.component(part).weights)
-    return out
+def cfg(weights):
+    return weights[0]
+
+
+@pytest.fixture(scope="module")
+def tensors(weights):
+    return weights[1]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +70,8 @@ def runtime(cfg, model):
 
 
 @pytest.fixture(scope="module")
-def recordings(speech_dir, runtime):
+def recordings(weights, runtime, request):
+    speech_dir = request.getfixturevalue("speech_dir")
     return {name: runtime.load_waveform(speech_dir / f"{name}.wav") for name in ("zh_med_1889", "zh_med_1497")}
 
 
