@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import shutil
 import time
@@ -53,7 +54,12 @@ from baichuan_audio_jax.bundle import (
     tokenizer_files_in,
     write_json,
 )
-from baichuan_audio_jax.config import ModelConfig, model_config_from_reference, reference_config_from_model
+from baichuan_audio_jax.config import (
+    ModelConfig,
+    complete_reference_config,
+    model_config_from_reference,
+    reference_config_from_model,
+)
 from baichuan_audio_jax.conversion.components import (
     COMPONENTS,
     LayoutError,
@@ -563,8 +569,15 @@ def _write_model_side_files(bundle: str, staging: str, cfg: ModelConfig) -> list
     notes = []
     carried_cfg = os.path.join(bundle, EXTRAS_DIR, "config.json")
     if os.path.exists(carried_cfg) and carried_config_matches(cfg, carried_cfg):
-        shutil.copy2(carried_cfg, os.path.join(staging, "config.json"))
-        notes.append("config.json: the reference config carried in the bundle")
+        with open(carried_cfg) as f:
+            carried = json.load(f)
+        complete = complete_reference_config(carried, cfg)
+        if complete == carried:
+            shutil.copy2(carried_cfg, os.path.join(staging, "config.json"))
+            notes.append("config.json: the reference config carried in the bundle")
+        else:  # the reference code reads keys the carried file lacks: add them, keep its own values
+            write_json(os.path.join(staging, "config.json"), complete)
+            notes.append("config.json: the reference config carried in the bundle, with the keys it lacked added")
     else:
         write_json(os.path.join(staging, "config.json"), reference_config_from_model(cfg))
         notes.append("config.json: written from the bundle's config" + (
