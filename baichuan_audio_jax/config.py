@@ -578,7 +578,7 @@ def reference_config_from_model(cfg: ModelConfig, torch_dtype: str = "bfloat16")
     return _with_released_defaults(json.loads(json.dumps(out)), RELEASED_CONFIG)
 
 
-def complete_reference_config(ref: Mapping[str, Any], cfg: ModelConfig) -> dict:
+def complete_reference_config(ref: Mapping[str, Any], cfg: ModelConfig, torch_dtype: str = "bfloat16") -> dict:
     """``ref`` (e.g. a reference ``config.json`` carried in a bundle) with every key of the released
     ``config.json`` it lacks added, valued as :func:`reference_config_from_model` writes it for
     ``cfg``; its own keys and values are kept as they are."""
@@ -586,7 +586,7 @@ def complete_reference_config(ref: Mapping[str, Any], cfg: ModelConfig) -> dict:
         return {k: released_keys(generated[k], v) if isinstance(v, Mapping) else generated[k]
                 for k, v in released.items()}
 
-    template = released_keys(reference_config_from_model(cfg), RELEASED_CONFIG)
+    template = released_keys(reference_config_from_model(cfg, torch_dtype), RELEASED_CONFIG)
     return _with_missing_keys(json.loads(json.dumps(dict(ref))), template)
 
 
