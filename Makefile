@@ -7,7 +7,7 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast parity plan bench lint clean
+.PHONY: install demo test test-fast parity plan bench lint docs clean
 
 install: $(STAMP)
 
@@ -55,5 +55,16 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
+# `make docs`: the documentation site (docs/ + API pages from the docstrings) built into site/.
+DOCS_STAMP := $(VENV)/.installed-docs
+
+$(DOCS_STAMP): setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e ".[docs]"
+	@touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) $(TPU_VENV) demo_out .pytest_cache
+	rm -rf $(VENV) $(TPU_VENV) demo_out site .pytest_cache

@@ -34,6 +34,9 @@ EXTRAS_REQUIRE = {
     # PyTorch-side conversion checks and Hugging Face initialisation/parity tests.
     "torch": ["torch==2.13.0", "transformers>=4.45,<6"],
     "tpu": [f"jax[tpu]=={JAX_VERSION}"],
+    # `make docs`: the documentation site with API pages generated from the docstrings.
+    "docs": ["mkdocs==1.6.1", "mkdocstrings[python]==1.0.8", "mkdocstrings-python==2.0.11",
+             "mkdocs-gen-files==0.5.0", "mkdocs-literate-nav==0.6.1"],
 }
 
 setup(

@@ -38,6 +38,7 @@ from baichuan_audio_jax.config.model import (
     model_config_to_json,
 )
 from baichuan_audio_jax.config.reference import (
+    complete_reference_config,
     flow_matching_fields_from_reference,
     model_config_from_reference,
     reference_config_from_model,
@@ -48,7 +49,8 @@ from baichuan_audio_jax.config.run import default_data_config, default_run_confi
 __all__ = [
     "_AUDIO_CONFIG_TOKEN_FIELDS", "MODEL_CONFIG_FORMAT", "MODEL_CONFIG_VERSION", "NUM_CODEBOOKS", "REAL_CODEBOOK_SIZES",
     "REAL_TOKEN_IDS", "TOKEN_FIELDS", "AudioDecoderConfig", "AudioEncoderConfig", "AudioHeadConfig",
-    "ConfigKeyError", "FlowMatchingConfig", "LLMConfig", "ModelConfig", "SpecialTokens", "VQBridgeConfig",
+    "ConfigKeyError", "complete_reference_config", "FlowMatchingConfig", "LLMConfig", "ModelConfig",
+    "SpecialTokens", "VQBridgeConfig",
     "VocoderConfig", "apply_overrides", "default_data_config", "default_run_config",
     "flow_matching_fields_from_reference", "format_config", "load_config", "model_config_dict",
     "model_config_from_json", "model_config_from_reference", "model_config_to_json", "reference_config_from_model",

@@ -23,6 +23,7 @@ from baichuan_audio_jax.config.model import (
     _freeze,
     model_config_dict,
 )
+from baichuan_audio_jax.config.released import RELEASED_CONFIG
 
 
 def model_config_from_reference(ref: Mapping[str, Any] | str | os.PathLike) -> ml_collections.ConfigDict:
@@ -190,9 +191,16 @@ def vocoder_config_from_reference(block: Mapping[str, Any]) -> VocoderConfig:
     return cfg
 
 
-def reference_config_from_model(cfg: ModelConfig) -> dict:
+def reference_config_from_model(cfg: ModelConfig, torch_dtype: str = "bfloat16") -> dict:
     """A reference-format ``config.json`` for ``cfg`` (what :func:`model_config_from_reference` reads
-    back to the same model). Fields the reference fixes in code are not written."""
+    back to the same model).
+
+    It carries every key of the released checkpoint's ``config.json`` (recursively, with the same
+    JSON types), so the public reference code constructs the model from it: what the model
+    determines is written from ``cfg``, options this package implements one way get the supported
+    value, and the rest (training-only switches, the disabled vision towers, Hugging Face
+    bookkeeping) keep the released values. ``torch_dtype`` names the dtype of the written tensors.
+    """
     c, enc, bridge, dec, fm = cfg.llm, cfg.audio_encoder, cfg.vq_bridge, cfg.audio_decoder, cfg.flow_matching
     audio = dict(
         enable=True, audio_head_transformer_layers=cfg.audio_head.num_layers, avg_pooler=bridge.avg_pooler,
@@ -204,20 +212,80 @@ def reference_config_from_model(cfg: ModelConfig) -> dict:
         split_overlap=0.0, activation_function="gelu", scale_embedding=False,
         vq_config=dict(enable=True, codebook_sizes=list(bridge.codebook_sizes)),
         **{k: getattr(cfg.tokens, k) for k in _AUDIO_CONFIG_TOKEN_FIELDS})
+    # The legacy 16 kHz mel path; its audio length follows the audio encoder's, as in the reference configs.
     vocoder = dict(enable=True, num_mel_bins=dec.num_mel_bins, channels=list(dec.post_net_channels),
-                   sampling_rate=dec.mel_sampling_rate, hop_length=dec.mel_hop_length, n_fft=dec.mel_n_fft)
+                   sampling_rate=dec.mel_sampling_rate, hop_length=dec.mel_hop_length, n_fft=dec.mel_n_fft,
+                   max_audio_seconds=enc.max_audio_seconds)
     fm_dict = {f.name: getattr(fm, f.name) for f in dataclasses.fields(FlowMatchingConfig)
                if f.name not in ("sigma_min", "t_scheduler", "training_cfg_rate", "inference_cfg_rate")}
     fm_dict["channels"] = list(fm.channels)
-    fm_dict.update(enable=True, cfm_params=dict(sigma_min=fm.sigma_min, solver="euler", t_scheduler=fm.t_scheduler,
-                                                training_cfg_rate=fm.training_cfg_rate,
-                                                inference_cfg_rate=fm.inference_cfg_rate))
-    return dict(
+    fm_dict.update({k: supported[0] for k, supported in _FM_SUPPORTED.items() if k not in fm_dict})
+    fm_dict.update(enable=True, max_audio_seconds=enc.max_audio_seconds,
+                   cfm_params=dict(sigma_min=fm.sigma_min, solver="euler", t_scheduler=fm.t_scheduler,
+                                   training_cfg_rate=fm.training_cfg_rate, inference_cfg_rate=fm.inference_cfg_rate))
+    # The vision towers are not part of this model: disabled, their projection width the LLM's.
+    vision = dict(enable=False, hidden_size=c.hidden_size)
+    out = dict(
         architectures=["OmniForCausalLM"], model_type="omni", vocab_size=c.vocab_size, hidden_size=c.hidden_size,
         intermediate_size=c.intermediate_size, num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
         num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim, hidden_act="silu", rope_theta=c.rope_theta,
         rms_norm_eps=c.rms_norm_eps, max_position_embeddings=c.max_position_embeddings, attention_qkv_pack=True,
         attention_qkv_bias=c.qkv_bias, tie_word_embeddings=c.tie_word_embeddings, use_norm_head=False,
+        use_sliding_window=False, max_window_layers=c.num_layers, sparse_attention_layers=[],
         pad_token_id=c.pad_token_id, eos_token_id=cfg.tokens.eos_token_id,
-        torch_dtype="bfloat16", audio_config=audio, vocoder_config=vocoder, flow_matching_config=fm_dict,
-        visual_config=dict(enable=False), video_config=dict(enable=False))
+        multimodal_special_token_list=_multimodal_special_tokens(cfg),
+        torch_dtype=torch_dtype, audio_config=audio, vocoder_config=vocoder, flow_matching_config=fm_dict,
+        visual_config=dict(vision), video_config=dict(vision))
+    return _with_released_defaults(json.loads(json.dumps(out)), RELEASED_CONFIG)
+
+
+def complete_reference_config(ref: Mapping[str, Any], cfg: ModelConfig, torch_dtype: str = "bfloat16") -> dict:
+    """``ref`` (e.g. a reference ``config.json`` carried in a bundle) with every key of the released
+    ``config.json`` it lacks added, valued as :func:`reference_config_from_model` writes it for
+    ``cfg``; its own keys and values are kept as they are."""
+    def released_keys(generated, released):
+        return {k: released_keys(generated[k], v) if isinstance(v, Mapping) else generated[k]
+                for k, v in released.items()}
+
+    template = released_keys(reference_config_from_model(cfg, torch_dtype), RELEASED_CONFIG)
+    return _with_missing_keys(json.loads(json.dumps(dict(ref))), template)
+
+
+def _multimodal_special_tokens(cfg: ModelConfig) -> list:
+    """The released ``multimodal_special_token_list`` moved to the model's audio ids when they keep
+    the released layout (one offset, as the tiny configs do), else the model's audio ids alone."""
+    released = RELEASED_CONFIG["audio_config"]
+    offsets = {getattr(cfg.tokens, k) - released[k] for k in _AUDIO_CONFIG_TOKEN_FIELDS}
+    if len(offsets) == 1:
+        (offset,) = offsets
+        shifted = [t + offset for t in RELEASED_CONFIG["multimodal_special_token_list"]]
+        if 0 <= min(shifted) and max(shifted) < cfg.llm.vocab_size:
+            return shifted
+    return sorted({getattr(cfg.tokens, k) for k in _AUDIO_CONFIG_TOKEN_FIELDS})
+
+
+def _with_missing_keys(ref: dict, template: Mapping[str, Any]) -> dict:
+    """Adds to ``ref`` (recursively) every key of ``template`` it lacks, with the template's value."""
+    for k, t in template.items():
+        if k not in ref:
+            ref[k] = json.loads(json.dumps(t))
+        elif isinstance(t, Mapping) and isinstance(ref[k], dict):
+            _with_missing_keys(ref[k], t)
+    return ref
+
+
+def _with_released_defaults(ref: dict, released: Mapping[str, Any]) -> dict:
+    """Missing keys of ``released`` added to ``ref`` with the released values; where the released
+    value is a float, an integer written from the model becomes that float (``1`` -> ``1.0``)."""
+    _with_missing_keys(ref, released)
+
+    def conform(value, template):
+        if isinstance(template, Mapping) and isinstance(value, dict):
+            return {k: conform(v, template[k]) if k in template else v for k, v in value.items()}
+        if isinstance(template, list) and isinstance(value, list) and template:
+            return [conform(v, template[0]) for v in value]
+        if isinstance(template, float) and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+
+    return conform(ref, released)

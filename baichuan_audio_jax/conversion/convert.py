@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import shutil
 import time
@@ -32,7 +33,12 @@ import numpy as np
 from flax import nnx, traverse_util
 from tqdm import tqdm
 
-from baichuan_audio_jax.config import ModelConfig, model_config_from_reference, reference_config_from_model
+from baichuan_audio_jax.config import (
+    ModelConfig,
+    complete_reference_config,
+    model_config_from_reference,
+    reference_config_from_model,
+)
 from baichuan_audio_jax.conversion.bundle import (
     CHECKPOINT_DIRS,
     EXTRAS_DIR,
@@ -548,22 +554,33 @@ def bundle_to_torch(bundle: str, output: str, *, checkpoint: str = "model", dtyp
                 writer.abort()
                 raise
             if not single_file:
-                notes += _write_model_side_files(bundle, staging, cfg)
+                by_dtype: dict[str, int] = {}
+                for spec in specs:
+                    by_dtype[np.dtype(spec.dtype).name] = by_dtype.get(np.dtype(spec.dtype).name, 0) + spec.nbytes
+                notes += _write_model_side_files(bundle, staging, cfg, max(by_dtype, key=by_dtype.get))
     finally:
         seconds = prog.close()
     return ConversionResult(output, len(specs), sum(s.nbytes for s in specs), seconds, notes)
 
 
-def _write_model_side_files(bundle: str, staging: str, cfg: ModelConfig) -> list[str]:
+def _write_model_side_files(bundle: str, staging: str, cfg: ModelConfig, torch_dtype: str) -> list[str]:
     """config.json (the carried reference config if it still describes the model, else written from
-    the bundle's config), generation_config.json and the tokenizer files next to the weights."""
+    the bundle's config, naming ``torch_dtype``: the dtype of most written bytes),
+    generation_config.json and the tokenizer files next to the weights."""
     notes = []
     carried_cfg = os.path.join(bundle, EXTRAS_DIR, "config.json")
     if os.path.exists(carried_cfg) and carried_config_matches(cfg, carried_cfg):
-        shutil.copy2(carried_cfg, os.path.join(staging, "config.json"))
-        notes.append("config.json: the reference config carried in the bundle")
+        with open(carried_cfg) as f:
+            carried = json.load(f)
+        complete = complete_reference_config(carried, cfg, torch_dtype)
+        if complete == carried:
+            shutil.copy2(carried_cfg, os.path.join(staging, "config.json"))
+            notes.append("config.json: the reference config carried in the bundle")
+        else:  # the reference code reads keys the carried file lacks: add them, keep its own values
+            write_json(os.path.join(staging, "config.json"), complete)
+            notes.append("config.json: the reference config carried in the bundle, with the keys it lacked added")
     else:
-        write_json(os.path.join(staging, "config.json"), reference_config_from_model(cfg))
+        write_json(os.path.join(staging, "config.json"), reference_config_from_model(cfg, torch_dtype))
         notes.append("config.json: written from the bundle's config" + (
             " (the carried reference config describes a different model)" if os.path.exists(carried_cfg) else ""))
     for name in REFERENCE_SIDE_FILES:

@@ -73,6 +73,6 @@ def export_run(workdir: str, out_dir: str, step: int | None = None, dtype: str =
     os.makedirs(out_dir, exist_ok=True)
     save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(reference_config_from_model(cfg), f, indent=1)
+        json.dump(reference_config_from_model(cfg, torch_dtype=dtype), f, indent=1)
     return dict(task=str(config.task), step=at, tensors=len(tensors),
                 elements=int(sum(v.size for v in tensors.values())), out=out_dir)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from baichuan_audio_jax.config import ModelConfig, load_config
+from baichuan_audio_jax.config import ModelConfig, complete_reference_config, load_config
 from data_pipelines.demo_corpus import HELDOUT_MANIFEST
 from tests.training_helpers import REPO, cli_env, run_cli
 
@@ -104,6 +104,7 @@ def test_tokenizer_checkpoint_exports_to_the_reference_layout(tokenizer_run, tok
     assert tensors["audio_tokenizer.audio_bridge_model.vq_list.0.codebook.embed"].shape == (64, 256)
     ref_cfg = json.load(open(tmp_path / "ref" / "config.json"))
     assert ref_cfg["audio_config"]["vq_config"]["codebook_sizes"] == list(mc.codebook_sizes)
+    assert complete_reference_config(ref_cfg, mc) == ref_cfg, "every key of the released config.json is written"
     # Reading the export back gives the trained tokenizer: identical codes and decoder states.
     loaded, _ = load_model(lambda: AudioTokenizer(mc, rngs=nnx.Rngs(0)), concrete, tensors)
     feats = jax.random.normal(jax.random.key(0), (2, 160, mc.audio_encoder.num_mel_bins))
