@@ -16,7 +16,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from baichuan_audio_jax.sharding import logical_to_mesh_spec, make_mesh
+from baichuan_audio_jax.sharding import logical_to_mesh_spec, make_mesh, state_shardings
 
 BATCH_AXES = ("activation_batch", "activation_length")
 
@@ -31,13 +31,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def variable_shardings(state: nnx.State, mesh: Mesh) -> dict:
-    """Nested dict (the state's pure-dict structure) of NamedShardings from logical axis names."""
-    def one(var):
-        value = var.get_value() if hasattr(var, "get_value") else var.value
-        names = var.get_metadata().get("out_sharding")
-        return NamedSharding(mesh, logical_to_mesh_spec(names, value.shape, mesh))
-
-    return nnx.to_pure_dict(nnx.State(jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))))
+    """:func:`~baichuan_audio_jax.sharding.state_shardings` as a nested dict (the state's pure-dict
+    structure), the form the train state keeps."""
+    return nnx.to_pure_dict(nnx.State(state_shardings(state, mesh)))
 
 
 def optimizer_shardings(abstract_opt_state: Any, abstract_params: Any, param_shardings: Any, mesh: Mesh) -> Any:

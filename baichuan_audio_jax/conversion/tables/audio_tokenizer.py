@@ -37,10 +37,13 @@ def whisper_layer_entries(torch_prefix: str, jax_prefix: str) -> list[Entry]:
     return entries
 
 
-def audio_encoder_table(cfg: ModelConfig, prefix: tuple = ()) -> MappingTable:
-    t, j = REFERENCE_PREFIX + "audio_model.", "audio_encoder/"
-    entries = [
-        Entry(t + "positional_embedding", j + "positional_embedding"),
+def whisper_encoder_entries(torch_prefix: str, positions: str, jax_prefix: str = "audio_encoder/") -> list[Entry]:
+    """A Whisper-style encoder: sinusoid positions (named ``positions`` on the torch side), two
+    convolutions, the layers and the final LayerNorm. The reference's ``audio_model`` and Hugging
+    Face's ``WhisperEncoder`` differ only in the name of the position table."""
+    t, j = torch_prefix, jax_prefix
+    return [
+        Entry(t + positions, j + "positional_embedding"),
         Entry(t + "conv1.weight", j + "conv1/kernel", Conv()),
         Entry(t + "conv1.bias", j + "conv1/bias"),
         Entry(t + "conv2.weight", j + "conv2/kernel", Conv()),
@@ -49,6 +52,10 @@ def audio_encoder_table(cfg: ModelConfig, prefix: tuple = ()) -> MappingTable:
         Entry(t + "layer_norm.weight", j + "layer_norm/scale"),
         Entry(t + "layer_norm.bias", j + "layer_norm/bias"),
     ]
+
+
+def audio_encoder_table(cfg: ModelConfig, prefix: tuple = ()) -> MappingTable:
+    entries = whisper_encoder_entries(REFERENCE_PREFIX + "audio_model.", "positional_embedding")
     return MappingTable("audio_encoder", tuple(entries), {"i": cfg.audio_encoder.num_layers}, prefix=prefix)
 
 

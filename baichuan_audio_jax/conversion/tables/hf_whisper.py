@@ -19,8 +19,8 @@ from __future__ import annotations
 from typing import Iterable
 
 from baichuan_audio_jax.config import ModelConfig
-from baichuan_audio_jax.conversion.mapping import Conv, Entry, MappingTable
-from baichuan_audio_jax.conversion.tables.audio_tokenizer import whisper_layer_entries
+from baichuan_audio_jax.conversion.mapping import MappingTable
+from baichuan_audio_jax.conversion.tables.audio_tokenizer import whisper_encoder_entries
 
 HF_ENCODER_PREFIXES = ("model.encoder.", "encoder.", "")
 
@@ -37,17 +37,7 @@ def whisper_encoder_prefix(names: Iterable[str]) -> str:
 
 def hf_whisper_table(cfg: ModelConfig, prefix: tuple = (), source_prefix: str = "encoder.") -> MappingTable:
     """HF encoder names (under ``source_prefix``) -> ``audio_encoder/...`` of an AudioTokenizer."""
-    t, j = source_prefix, "audio_encoder/"
-    entries = [
-        Entry(t + "embed_positions.weight", j + "positional_embedding"),
-        Entry(t + "conv1.weight", j + "conv1/kernel", Conv()),
-        Entry(t + "conv1.bias", j + "conv1/bias"),
-        Entry(t + "conv2.weight", j + "conv2/kernel", Conv()),
-        Entry(t + "conv2.bias", j + "conv2/bias"),
-        *whisper_layer_entries(t, j),
-        Entry(t + "layer_norm.weight", j + "layer_norm/scale"),
-        Entry(t + "layer_norm.bias", j + "layer_norm/bias"),
-    ]
+    entries = whisper_encoder_entries(source_prefix, "embed_positions.weight")
     return MappingTable("hf_whisper", tuple(entries), {"i": cfg.audio_encoder.num_layers}, prefix=prefix)
 
 
