@@ -44,7 +44,7 @@ from baichuan_audio_jax.conversion.tables.audio_tokenizer import REFERENCE_PREFI
 from baichuan_audio_jax.conversion.tables.flow_matching import PREFIX as FLOW_MATCHING_PREFIX
 from baichuan_audio_jax.conversion.tables.vocoder import vocoder_widths, weight_norm_naming
 from baichuan_audio_jax.conversion.torch_io import ReferenceCheckpoint
-from baichuan_audio_jax.models.registry import CHECKPOINTS, PARTS, ModelPart
+from baichuan_audio_jax.models.registry import PARTS, ModelPart, parts_of
 
 # Prefixes of wrapper modules a reference file may carry on every key (the reference's
 # ``Cosy24kVocoder`` holds the HiFT generator as ``hifigan_generator``).
@@ -159,17 +159,7 @@ COMPONENTS: dict[str, Component] = {c.name: c for c in (
 
 def components_of(checkpoint: str, names: Iterable[str] | None = None) -> list[Component]:
     """Components of one reference checkpoint (``names`` selects some of them), in registry order."""
-    if checkpoint not in CHECKPOINTS:
-        raise ValueError(f"unknown checkpoint kind {checkpoint!r}; expected one of {CHECKPOINTS}")
-    available = [c for c in COMPONENTS.values() if c.checkpoint == checkpoint]
-    if names is None:
-        return available
-    names = list(names)
-    bad = [n for n in names if n not in {c.name for c in available}]
-    if bad:
-        raise KeyError(f"unknown component(s) {bad} for the {checkpoint} checkpoint; "
-                       f"known: {[c.name for c in available]}")
-    return [c for c in available if c.name in names]
+    return [COMPONENTS[p.name] for p in parts_of(checkpoint, names)]
 
 
 def checkpoint_of(name: str) -> str:
