@@ -100,6 +100,7 @@ class LLMConfig(_FromDict):
     max_position_embeddings: int = 8192
     qkv_bias: bool = True
     tie_word_embeddings: bool = False
+    attention_impl: str = "auto"  # einsum (reference) | xla (jax.nn.dot_product_attention) | splash (TPU) | auto
     pad_token_id: int = 0
 
 

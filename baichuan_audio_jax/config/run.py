@@ -14,8 +14,10 @@ Sections (top level: :class:`RunSection`):
 * ``data`` (:class:`DataSection`, ``data.prompts``: :class:`PromptsSection`): batch geometry and
   the data pipelines' settings.
 * ``train`` (:class:`TrainSection`): optimiser, schedule and loss options; task sections below it:
-  ``train.tokenizer`` (:class:`TokenizerSection`, task ``audio_tokenizer``).
+  ``train.tokenizer`` (:class:`TokenizerSection`, task ``audio_tokenizer``), ``train.vocoder``
+  (:class:`VocoderTrainSection`, task ``vocoder``).
 * ``checkpoint`` (:class:`CheckpointSection`).
+* ``eval`` (:class:`EvalSection`): the suite ``train`` runs every ``eval_every`` steps.
 
 A new task with settings of its own adds a section class here and a field of that type to the
 section it belongs under (usually :class:`TrainSection`).
@@ -102,6 +104,7 @@ class DataSection:
     segments_per_row: int = setting(2, "synthetic: packed segments per row")
     audio_fraction: float = setting(0.5, "synthetic: share of audio frames in a segment")
     text_len: int = setting(0, "grain_audio (audio_tokenizer task): transcript ids + EOS per row")
+    speed_perturb: list = setting([], "grain_audio: speed factors drawn per record, e.g. [0.9, 1.0, 1.1] ([]: off)")
 
 
 @dataclasses.dataclass
@@ -123,6 +126,20 @@ class TokenizerSection:
 
 
 @dataclasses.dataclass
+class VocoderTrainSection:
+    """``train.vocoder`` (task ``vocoder``): HiFi-GAN loss weights and the discriminators."""
+
+    mel_weight: float = setting(45.0, "generator loss = mel_weight · 24 kHz log-mel L1 + ...")
+    feature_weight: float = setting(2.0, "... + feature_weight · discriminator feature matching + ...")
+    adversarial_weight: float = setting(1.0, "... + adversarial_weight · least-squares adversarial loss")
+    adversarial_start_step: int = setting(0, "steps before it: the generator learns from the mel loss alone")
+    discriminator_learning_rate: float = setting(0.0, "peak LR of the discriminators' AdamW (0: learning_rate)")
+    periods: list = setting([2, 3, 5, 7, 11], "multi-period discriminator: one sub-discriminator per period")
+    resolutions: list = setting([[1024, 120, 600], [2048, 240, 1200], [512, 50, 240]],
+                                "multi-resolution spectrogram discriminator: one per [n_fft, hop, window]")
+
+
+@dataclasses.dataclass
 class TrainSection:
     """``train``: AdamW with a warmup + cosine schedule, clipping, accumulation and loss options."""
 
@@ -140,7 +157,13 @@ class TrainSection:
     max_audio_positions: int = setting(0, "audio-head positions evaluated per row (0: seq_len)")
     loss_chunk_size: int = setting(0, "positions per chunk of the vocabulary CE (0: one chunk)")
     peak_flops_per_device: float = setting(0.0, "device peak FLOP/s for model FLOPs utilisation (0: not reported)")
+    embed_dropout: float = setting(0.0, "audio LLM: dropout on the input embeddings (0: off)")
+    residual_dropout: float = setting(0.0, "audio LLM: dropout on attention and MLP outputs before the residual add")
+    mlp_dropout: float = setting(0.0, "audio LLM: dropout on the MLP's hidden activations")
+    nonfinite: str = setting("stop", "NaN/inf loss or gradient: stop (exit naming the step) | skip (update skipped)")
+    spike_factor: float = setting(3.0, "log a loss / grad-norm spike above this times its running average (0: off)")
     tokenizer: TokenizerSection = section(TokenizerSection, "task audio_tokenizer")
+    vocoder: VocoderTrainSection = section(VocoderTrainSection, "task vocoder")
 
 
 @dataclasses.dataclass
@@ -152,6 +175,17 @@ class CheckpointSection:
 
 
 @dataclasses.dataclass
+class EvalSection:
+    """``eval``: the evaluation suite ``train`` runs every ``eval_every`` steps (docs/evaluation.md)."""
+
+    suite: str = setting("", "evaluation suite file; results under WORKDIR/eval/step_<N>")
+    speech_bundle: str = setting("", "bundle whose audio tokenizer encodes audio inputs ('': text-only tasks)")
+    batch_size: int = setting(8, "records decoded or scored together")
+    heldout: list = setting([], "held-out data (data.sources entries) for the held-out loss ([]: none)")
+    heldout_batches: int = setting(4, "batches of held-out data per evaluation")
+
+
+@dataclasses.dataclass
 class RunSection:
     """The top level of a run config (``model`` is added by the config file; see config/model.py)."""
 
@@ -160,6 +194,7 @@ class RunSection:
     steps: int = setting(1000, "total optimizer steps")
     log_every: int = setting(10, "steps between metric lines")
     checkpoint_every: int = setting(500, "steps between checkpoints")
+    eval_every: int = setting(0, "run the eval suite every N steps on the live parameters (0: never)")
     stage: int = setting(0, "0: train everything; 1: audio embeddings + audio head; 2: all but text "
                             "embedding and LM head (paper §3.3)")
     init_from: InitFromSection = section(InitFromSection, "trained weights to start from")
@@ -167,6 +202,7 @@ class RunSection:
     data: DataSection = section(DataSection, "input data")
     train: TrainSection = section(TrainSection, "optimisation")
     checkpoint: CheckpointSection = section(CheckpointSection, "checkpoints")
+    eval: EvalSection = section(EvalSection, "periodic evaluation")
 
 
 def to_config_dict(sec: Any) -> ml_collections.ConfigDict:
