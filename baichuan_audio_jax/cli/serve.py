@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream-steps", type=int, default=8,
                    help="decoding steps between hand-overs of new text to the clients")
     p.add_argument("--no-warm-up", action="store_true", help="compile on first use instead of at start-up")
+    p.add_argument("--warm-up-audio-seconds", type=float, default=5.0,
+                   help="input audio length the start-up compiles for; other lengths may compile on first use")
 
 
 def settings_from_args(args, CLIError):
@@ -54,7 +56,8 @@ def settings_from_args(args, CLIError):
     return ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          batch_sizes=sizes, request_timeout=args.timeout, max_upload_seconds=args.max_upload_seconds,
                          max_upload_mb=args.max_upload_mb, max_new_tokens=args.max_new_tokens,
-                         stream_steps=args.stream_steps, warm_up=not args.no_warm_up)
+                         stream_steps=args.stream_steps, warm_up=not args.no_warm_up,
+                         warm_up_audio_seconds=args.warm_up_audio_seconds)
 
 
 def run(args: argparse.Namespace) -> int:

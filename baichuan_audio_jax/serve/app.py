@@ -63,6 +63,7 @@ class ServeSettings:
     max_new_tokens: int | None = None  # per-request new-token limit (default: each mode's)
     stream_steps: int = 8  # decoding steps between returns to the host (text streaming granularity)
     warm_up: bool = True  # compile the batch sizes' programs at start-up
+    warm_up_audio_seconds: float = 5.0  # input audio length the start-up compiles for (ASR, chat)
 
 
 class APIError(Exception):
@@ -123,6 +124,11 @@ class Server:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
         job = build_job(self.gen, mode, prompts, options, emit, timeout=self.settings.request_timeout)
+        tokens = len(job.request.prompt_ids) + sum(len(c) for c in job.request.continuations)
+        if tokens >= self.gen.engine.max_context:
+            what = {"asr": "file", "tts": "input"}.get(mode, "conversation")
+            raise APIError(400, f"{what}: the prompt is {tokens} tokens, beyond the model's context of "
+                                f"{self.gen.engine.max_context}", what)
         try:
             self.scheduler.submit(job)
         except QueueFull as e:
@@ -132,7 +138,7 @@ class Server:
     def warm_up(self) -> None:
         """One batch of every compiled size in every mode the bundle has, on synthetic input."""
         rng = np.random.default_rng(0)
-        audio = (0.1 * rng.standard_normal(16000 * 2)).astype(np.float32)
+        audio = (0.1 * rng.standard_normal(int(16000 * self.settings.warm_up_audio_seconds))).astype(np.float32)
         kinds = []
         if self.hears:
             codes = self.gen.speech.tokenizer.encode_waveform(audio)

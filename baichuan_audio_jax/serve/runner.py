@@ -12,6 +12,7 @@ class ServerThread:
     started (warm-up included) when the block is entered and stopped when it is left."""
 
     def __init__(self, app, *, host: str = "127.0.0.1", port: int = 0, start_timeout: float = 1800.0):
+        self.app = app
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", ws="websockets",
                                                     lifespan="on"))
         self.host, self.start_timeout = host, start_timeout

@@ -91,6 +91,7 @@ class Job:
     segments: list[np.ndarray] = dataclasses.field(default_factory=list)
     segment_text_ends: list[int] = dataclasses.field(default_factory=list)
     stream: AudioStream | None = None
+    vocoded: int = 0  # segments handed to the speech thread's decoder so far
     stopped: str | None = None  # "cancelled" | "timeout" when the server stopped it
 
     @property
@@ -156,7 +157,9 @@ class Scheduler:
         self.max_queue = int(max_queue)
         self.stream_steps = int(stream_steps)
         self.metrics = metrics
-        self.speech = None if gen.speech is None or gen.speech.flow_matching is None else BucketedSpeech(gen.speech)
+        self.speech = None  # segments to sound, batched across requests
+        if gen.speech is not None and gen.speech.flow_matching is not None:
+            self.speech = BucketedSpeech(gen.speech, batch_sizes=self.batch_sizes)
         self._queues: dict[str, collections.deque[Job]] = {m: collections.deque() for m in MODES}
         self._cv = threading.Condition()
         self._speech_q: queue.Queue = queue.Queue()
@@ -401,31 +404,63 @@ class Scheduler:
     # ------------------------------------------------------------------ the speech thread
 
     def _speech_loop(self) -> None:
+        """Vocodes every segment waiting (of any request) together, then hands each request its
+        chunks and, after its last, its outcome, in the order they arrived."""
         while True:
-            item = self._speech_q.get()
-            if item is None:
+            items = [self._speech_q.get()]
+            while True:
+                try:
+                    items.append(self._speech_q.get_nowait())
+                except queue.Empty:
+                    break
+            if any(item is None for item in items):
                 return
-            job, what = item
+            live = [i for i, (job, what) in enumerate(items)
+                    if not isinstance(what, Outcome) and not job.cancelled.is_set() and not job.finished.is_set()]
+            waves = {}
             try:
+                keys = []
+                for i in live:
+                    job = items[i][0]
+                    keys.append(jax.random.fold_in(self._speech_key(job), job.vocoded))
+                    job.vocoded += 1
+                if live:
+                    waves = dict(zip(live, self.speech.to_waves([items[i][1] for i in live], keys)))
+            except Exception as e:
+                log.error("speech decoding failed:\n%s", traceback.format_exc())
+                for i in live:
+                    items[i][0].fail(500, f"speech decoding failed: {type(e).__name__}: {e}")
+            for i, (job, what) in enumerate(items):
                 if isinstance(what, Outcome):
                     self._done(job, what)
-                elif not job.cancelled.is_set() and not job.finished.is_set():
-                    self._stream(job).add(what)
-            except Exception as e:
-                log.error("speech for request %d failed:\n%s", job.id, traceback.format_exc())
-                job.fail(500, f"speech decoding failed: {type(e).__name__}: {e}")
+                elif i in waves and not job.finished.is_set():
+                    self._stream(job).add(what, waves[i])
 
-    def _stream(self, job: Job) -> AudioStream:
+    @staticmethod
+    def _speech_key(job: Job) -> jax.Array:
+        return jax.random.fold_in(jax.random.key(job.seed), 0x5EED)  # as Generator._run
+
+    def _stream(self, job: Job) -> "_Stream":
         if job.stream is None:
-            key = jax.random.fold_in(jax.random.key(job.seed), 0x5EED)  # as Generator._run
-
-            def to_wave(codes, index):
-                return self.speech.to_wave(codes, jax.random.fold_in(key, index))
-
             def on_chunk(chunk):
                 job.emit(("audio", chunk))
                 if self.metrics is not None:
                     self.metrics.audio_seconds.inc(len(chunk) / job.stream.sample_rate)
 
-            job.stream = AudioStream(to_wave, on_chunk=on_chunk, start=job.created)
+            job.stream = _Stream(on_chunk=on_chunk, start=job.created)
         return job.stream
+
+
+class _Stream(AudioStream):
+    """An :class:`AudioStream` fed waveforms already decoded (in a batch with other requests')."""
+
+    def __init__(self, **kw):
+        super().__init__(self._given, **kw)
+        self._wave = None
+
+    def _given(self, codes, index):
+        return self._wave
+
+    def add(self, codes: np.ndarray, wave: np.ndarray | None = None) -> np.ndarray | None:
+        self._wave = wave
+        return super().add(codes)

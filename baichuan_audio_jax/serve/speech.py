@@ -32,9 +32,15 @@ HOP = 480  # vocoder samples per mel frame
 
 
 class BucketedSpeech:
-    def __init__(self, speech: SpeechDecoder, buckets: Sequence[int] | None = None):
+    """``to_waves(segments, keys)``: segments decoded together, grouped by bucket and padded to
+    one of ``batch_sizes`` rows (idle rows repeat the first). Each segment's randomness comes from
+    its own key, so its sound does not depend on the segments it is batched with."""
+
+    def __init__(self, speech: SpeechDecoder, buckets: Sequence[int] | None = None,
+                 batch_sizes: Sequence[int] = (1,)):
         self.speech = speech
         self.buckets = tuple(sorted(buckets or speech.tokenizer.token_buckets))
+        self.batch_sizes = tuple(sorted(set(batch_sizes)))
         if self.buckets[-1] < speech.tokenizer.max_tokens:
             raise ValueError(f"speech buckets {self.buckets} do not reach the decoder's {speech.tokenizer.max_tokens} "
                              "tokens per segment")
@@ -43,34 +49,75 @@ class BucketedSpeech:
         """The buckets segments of at most ``frames`` frames use."""
         return tuple(b for b in self.buckets if b <= bucket(min(frames, self.buckets[-1]), self.buckets))
 
-    def to_wave(self, codes: np.ndarray, key: jax.Array | None = None, *, noise=None, source=None) -> np.ndarray:
-        """One segment's codes [N, 8] (N ≥ 1) -> float32 waveform [480·(4N − 1)].
-
-        Randomness from ``key``, or given at the padded shapes: ``noise`` [1, 4B − 1, 80] (CFM)
-        and ``source`` = (phase [1, H + 1], noise [1, 480·(4B − 1), H + 1]) (vocoder), for a
-        bucket of B frames (:meth:`padded_frames`)."""
-        sp = self.speech
-        codes = np.asarray(codes, np.int32)
-        padded = self.padded_frames(codes.shape[0])
-        hidden = sp.tokenizer.decode_batch([codes])[0]["hidden_before_dconv2"]
-        t = hidden.shape[0]
-        hp = np.zeros((1, 4 * padded - 1, hidden.shape[1]), np.float32)
-        hp[0, :t] = hidden
-        k_mel, k_wave = jax.random.split(key) if key is not None else (None, None)
-        mel, mel_len = hidden_to_mel(sp.flow_matching, hp, np.asarray([t], np.int32), key=k_mel, noise=noise)
-        m = int(mel_len[0])
-        mel = np.asarray(mel, np.float32)
-        if sp.vocoder is None:
-            return griffin_lim_wave(mel[0, :m], MelGeometry.of(sp.flow_matching.cfg.flow_matching))
-        mel[:, m:] = mel[:, m - 1:m]  # the vocoder sees a steady continuation, not silence
-        phase, src = (None, None) if source is None else source
-        wave, _ = mel_to_wave(sp.vocoder, mel, key=k_wave, phase_u01=phase, noise=src)
-        return np.asarray(wave[0, :HOP * m], np.float32)
-
     def padded_frames(self, frames: int) -> int:
         return bucket(frames, self.buckets)
 
+    def to_waves(self, segments: Sequence[np.ndarray], keys: Sequence[jax.Array] | None = None, *,
+                 noise: Sequence | None = None, source: Sequence | None = None) -> list[np.ndarray]:
+        """Segments' codes [N_i, 8] (N_i ≥ 1) -> float32 waveforms [480·(4N_i − 1)].
+
+        Randomness per segment from ``keys[i]``, or given at its bucket's padded shape (B frames,
+        :meth:`padded_frames`): ``noise[i]`` [4B − 1, 80] (CFM) and ``source[i]`` = (phase [H + 1],
+        noise [480·(4B − 1), H + 1]) (vocoder)."""
+        if keys is None and (noise is None or source is None):
+            raise ValueError("to_waves needs keys, or both noise and source")
+        out: list[np.ndarray | None] = [None] * len(segments)
+        groups: dict[int, list[int]] = {}
+        for i, c in enumerate(segments):
+            groups.setdefault(self.padded_frames(len(c)), []).append(i)
+        most = self.batch_sizes[-1]
+        for padded, idx in groups.items():
+            for start in range(0, len(idx), most):
+                rows = idx[start:start + most]
+                waves = self._batch(padded, [np.asarray(segments[i], np.int32) for i in rows],
+                                    None if keys is None else [keys[i] for i in rows],
+                                    None if noise is None else [noise[i] for i in rows],
+                                    None if source is None else [source[i] for i in rows])
+                for i, w in zip(rows, waves):
+                    out[i] = w
+        return out
+
+    def to_wave(self, codes: np.ndarray, key: jax.Array | None = None, *, noise=None, source=None) -> np.ndarray:
+        """One segment (see :meth:`to_waves`)."""
+        return self.to_waves([codes], None if key is None else [key], noise=None if noise is None else [noise],
+                             source=None if source is None else [source])[0]
+
+    def _batch(self, padded: int, segments: list[np.ndarray], keys, noise, source) -> list[np.ndarray]:
+        sp = self.speech
+        fm, voc = sp.flow_matching, sp.vocoder
+        n, b = len(segments), bucket(len(segments), self.batch_sizes)
+        hidden = [d["hidden_before_dconv2"] for d in sp.tokenizer.decode_batch(segments)]
+        t_pad = 4 * padded - 1
+        hp = np.zeros((b, t_pad, hidden[0].shape[1]), np.float32)
+        lengths = np.zeros((b,), np.int32)
+        for r in range(b):
+            h = hidden[r if r < n else 0]
+            hp[r, :len(h)] = h
+            lengths[r] = len(h)
+        frames = fm.prenet.output_frames(t_pad)
+        bins = fm.cfg.flow_matching.in_channels
+        if noise is None:
+            split = [jax.random.split(k) for k in keys]
+            noise = [jax.random.normal(k[0], (frames, bins)) for k in split]
+            if voc is not None:
+                source = [tuple(x[0] for x in voc.source_randomness(k[1], 1, frames)) for k in split]
+        noise_b = np.stack([np.asarray(noise[r if r < n else 0], np.float32) for r in range(b)])
+        mel, mel_len = hidden_to_mel(fm, hp, lengths, noise=noise_b)
+        mel, mel_len = np.array(mel, np.float32), np.asarray(mel_len)  # a writable copy
+        if voc is None:
+            geometry = MelGeometry.of(fm.cfg.flow_matching)
+            return [griffin_lim_wave(mel[r, :mel_len[r]], geometry) for r in range(n)]
+        for r in range(b):
+            mel[r, mel_len[r]:] = mel[r, mel_len[r] - 1]  # the vocoder sees a steady continuation, not silence
+        pick = [source[r if r < n else 0] for r in range(b)]
+        phase = np.stack([np.asarray(p[0], np.float32) for p in pick])
+        src = np.stack([np.asarray(p[1], np.float32) for p in pick])
+        wave, _ = mel_to_wave(voc, mel, phase_u01=phase, noise=src)
+        wave = np.asarray(wave, np.float32)
+        return [wave[r, :HOP * int(mel_len[r])].copy() for r in range(n)]
+
     def warm_up(self, frames: int) -> None:
-        """Compiles every bucket segments of at most ``frames`` frames use."""
-        for b in self.buckets_up_to(frames):
-            self.to_wave(np.zeros((b, 8), np.int32), jax.random.key(0))
+        """Compiles every bucket that segments of at most ``frames`` frames use, at every batch size."""
+        for p in self.buckets_up_to(frames):
+            for b in self.batch_sizes:
+                self.to_waves([np.zeros((p, 8), np.int32)] * b, [jax.random.key(0)] * b)

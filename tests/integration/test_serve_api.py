@@ -24,7 +24,7 @@ from baichuan_audio_jax.serve.runner import ServerThread
 
 LIMIT = 16  # new tokens per request (the server's cap): one speech bucket to compile
 SETTINGS = ServeSettings(max_batch=4, batch_sizes=(4,), max_wait_ms=300, max_new_tokens=LIMIT, stream_steps=2,
-                         max_upload_seconds=30, request_timeout=300)
+                         max_upload_seconds=30, request_timeout=300, warm_up_audio_seconds=4.5)  # the recording's
 
 
 @pytest.fixture(scope="module")
@@ -232,20 +232,51 @@ def test_spoken_chat_streams_text_and_audio_and_keeps_history(server, speech_byt
     assert bad[-1][0] == "error" and "not an audio file" in bad[-1][1]["message"]
 
 
+def test_a_cancelled_row_stops_mid_batch_and_its_batch_mate_goes_on(server, gen, speech_dir):
+    """What the server does when a client goes away mid-answer: the row is stopped at the next
+    hand-over (``stream_steps`` = 2), the other row of the batch runs to its limit."""
+    from baichuan_audio_jax.inference.prompts import ASR_INSTRUCTION
+    from baichuan_audio_jax.serve.scheduler import build_job
+
+    scheduler = server.app.state.server.scheduler
+    prompt = gen.prompts.asr(gen.speech.tokenizer.encode_file(str(speech_dir / "zh_med_1889.wav")), ASR_INSTRUCTION)
+    events = {"leaves": [], "stays": []}
+    at_cancel = []
+
+    def emit_for(name):
+        def emit(ev):
+            events[name].append(ev)
+            if name == "leaves" and ev[0] == "text" and not at_cancel:
+                at_cancel.append(len(jobs["leaves"].tokens))
+                jobs["leaves"].cancel()  # the client is gone after its first piece of text
+        return emit
+
+    jobs = {name: build_job(gen, "asr", [prompt], {"max_new_tokens": LIMIT}, emit_for(name)) for name in events}
+    for j in jobs.values():
+        scheduler.submit(j)
+    assert all(j.finished.wait(300) for j in jobs.values())
+    leaves, stays = jobs["leaves"], jobs["stays"]
+    assert leaves.batch_size == stays.batch_size == 2  # decoded together
+    assert events["leaves"][-1][:2] == ("error", 499)
+    assert len(leaves.tokens) <= at_cancel[0] + SETTINGS.stream_steps < LIMIT
+    assert events["stays"][-1][0] == "done" and events["stays"][-1][1].new_tokens == LIMIT
+
+
 def test_a_client_that_goes_away_is_stopped_and_the_next_is_served(server, speech_bytes):
     async def go():
         async with httpx.AsyncClient(base_url=server.url, timeout=300) as c:
             before = (await c.get("/metrics")).text
+            # keep the engine busy, so the chat's requests are still waiting when its client leaves
+            busy = [asyncio.ensure_future(c.post("/v1/audio/speech", json={"input": "你好，今天天气不错。"}))
+                    for _ in range(4)]
+            await asyncio.sleep(0.1)
             async with websockets.connect(server.url.replace("http", "ws") + "/v1/audio/chat") as ws:
                 await ws.recv()
                 await ws.send(speech_bytes)
-                while True:  # leave as soon as the answer starts
-                    m = await ws.recv()
-                    if isinstance(m, bytes) or json.loads(m)["type"] in ("text", "transcript"):
-                        break
+            assert all(r.status_code == 200 for r in await asyncio.gather(*busy))
             for _ in range(100):
                 after = (await c.get("/metrics")).text
-                if metric(after, "baichuan_running_requests") == 0:
+                if metric(after, "baichuan_running_requests") == metric(after, "baichuan_queue_depth") == 0:
                     break
                 await asyncio.sleep(0.1)
             nxt = await transcribe(c, speech_bytes, max_new_tokens=4)
