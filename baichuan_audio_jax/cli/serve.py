@@ -75,6 +75,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"serve: loading {args.checkpoint}", file=sys.stderr)
     gen = Generator.from_bundle(args.checkpoint, max_context=args.max_context)
     app = create_app(gen, settings)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", ws="websockets")
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", ws="websockets-sansio")
     uvicorn.Server(config).run()
     return 0

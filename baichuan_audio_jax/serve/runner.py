@@ -13,8 +13,8 @@ class ServerThread:
 
     def __init__(self, app, *, host: str = "127.0.0.1", port: int = 0, start_timeout: float = 1800.0):
         self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", ws="websockets",
-                                                    lifespan="on"))
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", ws="websockets-sansio", lifespan="on")
+        self.server = uvicorn.Server(config)
         self.host, self.start_timeout = host, start_timeout
         self.thread = threading.Thread(target=self.server.run, name="serve-http", daemon=True)
         self.port: int | None = None

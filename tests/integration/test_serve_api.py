@@ -274,9 +274,14 @@ def test_a_client_that_goes_away_is_stopped_and_the_next_is_served(server, speec
                 await ws.recv()
                 await ws.send(speech_bytes)
             assert all(r.status_code == 200 for r in await asyncio.gather(*busy))
-            for _ in range(100):
+            def settled(text):  # the chat's requests were stopped, nothing waits or runs
+                gone = metric(text, "baichuan_stopped_requests_total", reason="cancelled")
+                return (gone > metric(before, "baichuan_stopped_requests_total", reason="cancelled")
+                        and metric(text, "baichuan_running_requests") == metric(text, "baichuan_queue_depth") == 0)
+
+            for _ in range(600):
                 after = (await c.get("/metrics")).text
-                if metric(after, "baichuan_running_requests") == metric(after, "baichuan_queue_depth") == 0:
+                if settled(after):
                     break
                 await asyncio.sleep(0.1)
             nxt = await transcribe(c, speech_bytes, max_new_tokens=4)

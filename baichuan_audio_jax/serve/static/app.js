@@ -120,7 +120,7 @@ function onAudio(data) {
   const li = answer();
   li._chunks.push(f);
   li.dataset.audioChunks = String(li._chunks.length);
-  if (!player) player = new AudioContext({sampleRate});
+  ensurePlayer();
   const buf = player.createBuffer(1, f.length, sampleRate);
   buf.copyToChannel(f, 0);
   const src = player.createBufferSource();
@@ -131,7 +131,12 @@ function onAudio(data) {
   playAt += buf.duration;
 }
 
-function sendTurn(payload, label, text) {
+function ensurePlayer() {   // created (or resumed) in a click, so browsers let it play
+  if (!player) player = new AudioContext({sampleRate});
+  if (player.state === "suspended") player.resume();
+}
+
+function sendTurn(label, text) {
   busy = true; enable(false);
   const li = entry("user", label);
   li.querySelector(".text").textContent = text;
@@ -165,7 +170,7 @@ async function stopRecording() {
   recordBtn.setAttribute("aria-pressed", "false");
   if (samples.length < rate / 10) { setStatus("Too short: hold Record a little longer"); enable(true); return; }
   const blob = wavBlob(samples, rate);
-  const li = sendTurn(null, "You (spoken)", "…");
+  const li = sendTurn("You (spoken)", "…");
   li.dataset.pending = "true";
   addAudio(li, blob);
   ws.send(await blob.arrayBuffer());
@@ -173,7 +178,7 @@ async function stopRecording() {
 }
 
 recordBtn.addEventListener("click", async () => {
-  if (player && player.state === "suspended") player.resume();
+  ensurePlayer();
   try {
     if (recorder) await stopRecording();
     else if (!busy) await startRecording();
@@ -187,7 +192,8 @@ form.addEventListener("submit", (e) => {
   e.preventDefault();
   const text = input.value.trim();
   if (!text || busy) return;
-  sendTurn(null, "You", text);
+  ensurePlayer();
+  sendTurn("You", text);
   ws.send(JSON.stringify({type: "text", text}));
   input.value = "";
   setStatus("Answering…");
