@@ -27,10 +27,17 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "tensorboardX>=2.6",
     "numpy>=2.0,<2.5",
+    # `serve`: the speech server (ASGI app, server, WebSocket protocol, multipart uploads, metrics)
+    "fastapi==0.163.2",
+    "uvicorn==0.54.0",
+    "websockets==17.4",
+    "python-multipart==0.0.34",
+    "prometheus_client==0.26.0",
 ]
 
 EXTRAS_REQUIRE = {
-    "dev": ["pytest>=8", "ruff>=0.5", "import-linter==2.17"],
+    "dev": ["pytest>=8", "ruff>=0.5", "import-linter==2.17",
+            "httpx==0.28.1", "selenium==4.51.0"],  # httpx, selenium: server tests
     # PyTorch-side conversion checks and Hugging Face initialisation/parity tests.
     "torch": ["torch==2.13.0", "transformers>=4.45,<6"],
     "tpu": [f"jax[tpu]=={JAX_VERSION}"],
@@ -45,7 +52,8 @@ setup(
     description="JAX/Flax reimplementation of the Baichuan-Audio speech LLM",
     packages=find_packages(include=["baichuan_audio_jax", "baichuan_audio_jax.*",
                                     "data_pipelines", "data_pipelines.*"]),
-    package_data={"data_pipelines.demo_corpus": ["README.md", "*.jsonl", "audio/*.ogg"]},  # bundled demo data
+    package_data={"data_pipelines.demo_corpus": ["README.md", "*.jsonl", "audio/*.ogg"],  # bundled demo data
+                  "baichuan_audio_jax.serve": ["static/*"]},  # the voice-chat page
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
