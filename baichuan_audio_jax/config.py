@@ -706,6 +706,12 @@ def default_run_config() -> ml_collections.ConfigDict:
         peak_flops_per_device=0.0,  # for model FLOPs utilisation (0: not reported)
     ))
     cfg.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3, async_save=True))
+    cfg.eval_every = 0  # run the eval suite every N steps on the live parameters (0: never)
+    cfg.eval = ml_collections.ConfigDict(dict(
+        suite="",  # evaluation suite file (docs/evaluation.md); results under <workdir>/eval/step_<N>
+        speech_bundle="",  # bundle whose audio tokenizer encodes audio inputs ("": text-only tasks)
+        batch_size=8,  # records decoded or scored together
+    ))
     return cfg
 
 

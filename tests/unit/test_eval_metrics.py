@@ -74,3 +74,16 @@ def test_bad_suites_name_the_task_and_key(tmp_path, task, message):
     (tmp_path / "m.jsonl").write_text("{}\n")
     with pytest.raises(SuiteError, match=message):
         load_suite(_suite(tmp_path, [task]))
+
+
+def test_bundled_demo_suites_load():
+    from conftest import REPO
+
+    suites = sorted((REPO / "data_pipelines" / "demo_corpus" / "suites").glob("*.json"))
+    assert {p.name for p in suites} >= {"asr.json", "tts.json", "cloze.json", "demo.json"}
+    for path in suites:
+        for task in load_suite(path).tasks:
+            assert task.manifest.endswith(".jsonl")
+    cloze = [json.loads(x) for x in (REPO / "data_pipelines" / "demo_corpus" / "suites" / "cloze.jsonl").open()]
+    assert len(cloze) == 48 and {r["label"] for r in cloze} == {0, 1}
+    assert all((REPO / "data_pipelines" / "demo_corpus" / "suites" / r["context_audio"]).is_file() for r in cloze)
