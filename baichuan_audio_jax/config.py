@@ -711,6 +711,8 @@ def default_run_config() -> ml_collections.ConfigDict:
         suite="",  # evaluation suite file (docs/evaluation.md); results under <workdir>/eval/step_<N>
         speech_bundle="",  # bundle whose audio tokenizer encodes audio inputs ("": text-only tasks)
         batch_size=8,  # records decoded or scored together
+        heldout="",  # held-out data (a data.sources entry or list) for the held-out loss ("": none)
+        heldout_batches=4,  # batches of held-out data per evaluation
     ))
     return cfg
 

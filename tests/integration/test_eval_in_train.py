@@ -14,9 +14,9 @@ from baichuan_audio_jax.config import load_config
 from baichuan_audio_jax.demo.evaluation import cloze_records
 from baichuan_audio_jax.evaluation.periodic import periodic_eval
 from baichuan_audio_jax.training.trainer import train
-from data_pipelines.demo_corpus import TRAIN_MANIFEST
+from data_pipelines.demo_corpus import HELDOUT_MANIFEST, TRAIN_MANIFEST
 
-EVERY, CKPT, CRASH, STEPS = 20, 30, 50, 60
+EVERY, CKPT, CRASH, STEPS = 10, 15, 25, 30
 
 
 class Crash(RuntimeError):
@@ -33,6 +33,8 @@ def _config(root):
     sp = train_sentencepiece(texts + ["将语音转录为文本:"], str(root / "sp.model"),
                              ModelConfig.from_config(cfg.model).tokens, vocab_size=cfg.model.llm.vocab_size)
     (root / "text.jsonl").write_text("".join(json.dumps({"task": "text", "text": t}) + "\n" for t in texts))
+    heldout = [t for _, t in transcripts(HELDOUT_MANIFEST)]
+    (root / "heldout.jsonl").write_text("".join(json.dumps({"task": "text", "text": t}) + "\n" for t in heldout))
     records = cloze_records(TRAIN_MANIFEST)[:32]
     (root / "cloze.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (root / "suite.json").write_text(json.dumps({"tasks": [{"name": "cloze", "type": "cloze",
@@ -50,6 +52,8 @@ def _config(root):
     cfg.eval_every = EVERY
     cfg.eval.suite = str(root / "suite.json")
     cfg.eval.batch_size = 8
+    cfg.eval.heldout = str(root / "heldout.jsonl")
+    cfg.eval.heldout_batches = 2
     return cfg
 
 
@@ -87,16 +91,16 @@ def run(tmp_path_factory):
     with pytest.raises(Crash):
         train(cfg, workdir, progress=False, hooks=[periodic_eval(cfg, workdir), crash])
     first = [json.loads(x)["step"] for x in open(os.path.join(workdir, "eval", "history.jsonl"))]
-    train(cfg, workdir, progress=False, hooks=[periodic_eval(cfg, workdir)])  # resumes from step 30
+    train(cfg, workdir, progress=False, hooks=[periodic_eval(cfg, workdir)])  # resumes from step 15
     return root, workdir, first
 
 
 def test_evaluations_run_once_at_every_multiple_across_a_resume(run):
     _, workdir, first = run
-    assert first == [20, 40]
+    assert first == [10, 20]
     history = [json.loads(x)["step"] for x in open(os.path.join(workdir, "eval", "history.jsonl"))]
-    assert history == [20, 40, 60]  # 40 (after the step-30 checkpoint) was not repeated, 60 not skipped
-    for step in (20, 40, 60):
+    assert history == [10, 20, 30]  # 20 (after the step-15 checkpoint) was not repeated, 30 not skipped
+    for step in (10, 20, 30):
         report = json.load(open(os.path.join(workdir, "eval", f"step_{step}", "report.json")))
         assert report["step"] == step and report["tasks"]["cloze"]["count"] == 32
 
@@ -105,8 +109,16 @@ def test_scalars_in_the_runs_tensorboard_at_the_eval_steps(run):
     _, workdir, _ = run
     seen = _scalars(os.path.join(workdir, "tensorboard"))
     steps = sorted(s for t, s in seen if t == "eval/cloze/accuracy")
-    assert steps == [20, 40, 60]
+    assert steps == [10, 20, 30]
+    assert sorted(s for t, s in seen if t == "eval/heldout/loss") == [10, 20, 30]
     assert any(t == "train/loss" for t, _ in seen)
+
+
+def test_heldout_loss_falls(run):
+    _, workdir, _ = run
+    losses = [json.load(open(os.path.join(workdir, "eval", f"step_{s}", "report.json")))["heldout"]["loss"]
+              for s in (10, 30)]
+    assert losses[1] < losses[0]
 
 
 def test_the_trained_model_prefers_the_training_text(run):
