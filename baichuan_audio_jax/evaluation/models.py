@@ -80,7 +80,6 @@ class EvalModel:
         self.batch_size = int(batch_size)
         self.mesh = mesh
         self.source = source
-        self.loaded_state = None  # the restored bundle (tokenizer task), set by from_bundle
 
     # ------------------------------------------------------------------ construction
 

@@ -57,8 +57,8 @@ def _model(ctx) -> AudioTokenizer:
 
 
 @functools.lru_cache(maxsize=4)
-def _per_row(graphdef, state_id):
-    del state_id
+def _per_row(graphdef):
+    """Per-record sums: ``evaluate`` vmapped over the rows (each row a batch of one)."""
 
     def fn(state, batch):
         tok = nnx.merge(graphdef, state)
@@ -69,7 +69,7 @@ def _per_row(graphdef, state_id):
 
 def run_items(ctx, spec, items):
     tok = _model(ctx)
-    cfg = tok.cfg if hasattr(tok, "cfg") else ctx.model.audio_tokenizer.cfg
+    cfg = ctx.model.audio_tokenizer.cfg
     cap = float(cfg.audio_encoder.max_audio_seconds)
     make, shapes = _setup(spec.manifest, min(float(spec.option("max_seconds", cap)), cap), cfg)
     rows, out = [], []
@@ -84,7 +84,7 @@ def run_items(ctx, spec, items):
         return out
     b = ctx.batch_size
     graphdef, state = nnx.split(tok)
-    fn = _per_row(graphdef, id(ctx.model))
+    fn = _per_row(graphdef)
     per: list[dict] = []
     for start in range(0, len(rows), b):
         chunk = rows[start:start + b]
