@@ -11,15 +11,20 @@ audio tokenizer encodes one row at a time (as ``generate`` does), the batched si
 size (``configs/demo.py``: the tiny config with a 4-layer LLM) with random weights and a
 sentencepiece tokenizer of the demo transcripts: such a model rarely writes end-of-text, so every
 utterance decodes ``--max-new-tokens`` tokens on both sides (the same work). Compilation is
-excluded (each side runs over every utterance once before the timed pass). Prints utterances/s of
-each side and their ratio.
+excluded (each side runs over every utterance once before the timed passes); the sides alternate
+for ``--repeats`` passes and the median is reported. Also timed apart: decoding alone (the same
+prompts, codes already computed) one row at a time against ``--batch`` rows, which shows how much
+of the whole is the audio encoder (compute-bound on a CPU: batching it gains little). Prints
+utterances/s of each side and their ratios.
 
     python benchmarks/eval_throughput.py [--checkpoint BUNDLE] [--utterances 48] [--batch 48]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -56,6 +61,7 @@ def main() -> None:
     p.add_argument("--utterances", type=int, default=48)
     p.add_argument("--batch", type=int, default=48)
     p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
 
     from baichuan_audio_jax.evaluation.models import EvalModel
@@ -72,8 +78,6 @@ def main() -> None:
     with open(HELDOUT_MANIFEST) as f:
         lines = [x for x in f if x.strip()][:args.utterances]
     with open(manifest, "w") as f:  # audio paths made absolute: the copy lives elsewhere
-        import json
-
         for x in lines:
             rec = json.loads(x)
             rec["audio"] = os.path.join(os.path.dirname(HELDOUT_MANIFEST), rec["audio"])
@@ -88,21 +92,42 @@ def main() -> None:
     per_utterance()
     run_task(Context(model, os.path.join(tmp, "warm"), batch_size=args.batch, progress=False), spec)
 
-    t0 = time.perf_counter()
-    single = per_utterance()
-    t_single = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    rep = run_task(Context(model, os.path.join(tmp, "batched"), batch_size=args.batch, progress=False), spec)
-    t_batched = time.perf_counter() - t0
-    with open(os.path.join(tmp, "batched", "asr.jsonl")) as f:
+    def batched_pass(i):
+        t0 = time.perf_counter()
+        rep = run_task(Context(model, os.path.join(tmp, f"batched{i}"), batch_size=args.batch, progress=False), spec)
+        return time.perf_counter() - t0, rep
+
+    codes = model.encode([model.load_audio(a) for a in paths])
+    prompts = [model.gen.prompts.asr(c) for c in codes]
+    one_row = EvalModel(model.gen, batch_size=1)
+    one_row.generate_text(prompts, "asr", max_new_tokens=args.max_new_tokens)  # warm-up
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        out = fn()
+        return time.perf_counter() - t0, out
+
+    t_single, t_batched, d_single, d_batched = [], [], [], []
+    for i in range(args.repeats):
+        t, single = timed(per_utterance)
+        t_single.append(t)
+        t, rep = batched_pass(i)
+        t_batched.append(t)
+        d_single.append(timed(lambda: one_row.generate_text(prompts, "asr", max_new_tokens=args.max_new_tokens))[0])
+        d_batched.append(timed(lambda: model.generate_text(prompts, "asr", max_new_tokens=args.max_new_tokens))[0])
+    with open(os.path.join(tmp, "batched0", "asr.jsonl")) as f:
         batched = {e["audio"]: e["hypothesis"] for e in map(json.loads, f)}
     same = sum(batched[a] == h for a, h in zip(paths, single))
     n = len(paths)
+    med = statistics.median
     print(f"model: {bundle if args.checkpoint else 'demo size, random weights'}; {n} utterances, "
-          f"{args.max_new_tokens} new tokens max, batch {args.batch}, WER {rep['wer']:.3f}")
-    print(f"per-utterance: {n / t_single:.2f} utt/s ({t_single:.1f} s)")
-    print(f"batched:       {n / t_batched:.2f} utt/s ({t_batched:.1f} s)")
-    print(f"ratio batched / per-utterance: {t_single / t_batched:.1f}x; identical hypotheses: {same}/{n}")
+          f"{args.max_new_tokens} new tokens max, batch {args.batch}, WER {rep['wer']:.3f}, "
+          f"median of {args.repeats}")
+    print(f"asr eval, per-utterance: {n / med(t_single):.2f} utt/s ({med(t_single):.1f} s)")
+    print(f"asr eval, batched:       {n / med(t_batched):.2f} utt/s ({med(t_batched):.1f} s)")
+    print(f"ratio batched / per-utterance: {med(t_single) / med(t_batched):.1f}x; identical hypotheses: {same}/{n}")
+    print(f"decoding only (codes given): 1 row {n / med(d_single):.2f} utt/s, {args.batch} rows "
+          f"{n / med(d_batched):.2f} utt/s, ratio {med(d_single) / med(d_batched):.1f}x")
 
 
 if __name__ == "__main__":
