@@ -24,13 +24,19 @@ import random
 import time
 from typing import Callable
 
+import soundfile as sf
+
+from baichuan_audio_jax.demo.corpus import transcripts
+from baichuan_audio_jax.evaluation.models import EvalModel
+from baichuan_audio_jax.evaluation.runner import Context, run_task
+from baichuan_audio_jax.evaluation.suite import Suite, TaskSpec
+from data_pipelines.demo_corpus.make_corpus import COLOURS, DIGITS, DIRECTIONS, OBJECTS
+
 ASR_MAX_NEW_TOKENS = 64  # the demo's transcripts are at most 5 words
 TTS_MAX_NEW_TOKENS = 500
 
 
-def demo_suite(manifest: str, *, asr_utterances: int = 0, tts_sentences: int = 4):
-    from baichuan_audio_jax.evaluation.suite import Suite, TaskSpec
-
+def demo_suite(manifest: str, *, asr_utterances: int = 0, tts_sentences: int = 4) -> Suite:
     manifest = os.path.abspath(manifest)
     tasks = [TaskSpec("asr", "asr", manifest, {"language": "en", "max_new_tokens": ASR_MAX_NEW_TOKENS,
                                                "limit": int(asr_utterances)})]
@@ -45,9 +51,6 @@ def cloze_records(manifest: str, seed: int = 0, relative_to: str | None = None) 
     utterance's audio, relative to ``relative_to``, default the manifest's directory); endings = the
     true last word and a word of a class that never ends a sentence (objects -> digits,
     directions -> colours, digits -> objects); the true ending's position alternates."""
-    from baichuan_audio_jax.demo.corpus import transcripts
-    from data_pipelines.demo_corpus.make_corpus import COLOURS, DIGITS, DIRECTIONS, OBJECTS
-
     wrong_for = {**{w: DIGITS for w in OBJECTS}, **{w: COLOURS for w in DIRECTIONS}, **{w: OBJECTS for w in DIGITS}}
     rng = random.Random(seed)
     out = []
@@ -66,10 +69,6 @@ def cloze_records(manifest: str, seed: int = 0, relative_to: str | None = None) 
 
 def evaluate_bundle(bundle: str, manifest: str, out_dir: str, *, asr_utterances: int = 0, tts_sentences: int = 4,
                     log: Callable[[str], None] = print, progress: bool = True, batch_size: int = 8) -> dict:
-    from baichuan_audio_jax.demo.corpus import transcripts
-    from baichuan_audio_jax.evaluation.models import EvalModel
-    from baichuan_audio_jax.evaluation.runner import Context, run_task
-
     if not transcripts(manifest):
         raise ValueError(f"{manifest}: no record with audio and text to evaluate on")
     suite = demo_suite(manifest, asr_utterances=asr_utterances, tts_sentences=tts_sentences)
@@ -96,8 +95,6 @@ def evaluate_bundle(bundle: str, manifest: str, out_dir: str, *, asr_utterances:
     log(f"held-out ASR: WER {asr['wer']:.1%} over {asr['utterances']} utterances")
     tts = {"sentences": 0, "seconds": 0.0, "round_trip_wer": None, "codes_round_trip_wer": None, "examples": []}
     if len(suite.tasks) > 1:
-        import soundfile as sf
-
         t0 = time.perf_counter()
         rep = run_task(ctx, suite.tasks[1])
         spoken = []

@@ -29,29 +29,27 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
+from baichuan_audio_jax.config import ModelConfig
 from baichuan_audio_jax.evaluation.models import EvalModel
 from baichuan_audio_jax.evaluation.runner import REPORT_FILE, numeric_metrics, run_suite
 from baichuan_audio_jax.evaluation.suite import load_suite
+from baichuan_audio_jax.inference.audio_tokenizer import AudioTokenizerRuntime
+from baichuan_audio_jax.inference.waveform import SpeechDecoder
+from baichuan_audio_jax.training.data_sources import build_iterator
+from baichuan_audio_jax.training.tasks import get_task
+from data_pipelines.text_tokenizer import load_text_tokenizer
 
 
 def _speech(bundle: str):
-    from baichuan_audio_jax.inference.audio_tokenizer import AudioTokenizerRuntime
-    from baichuan_audio_jax.inference.waveform import SpeechDecoder
-
     return SpeechDecoder(AudioTokenizerRuntime.from_bundle(bundle), None, None)
 
 
 def heldout_loss_fn(config):
     """A function ``(graphdef, state) -> {loss name: mean over batches, "batches": n}`` over the
     held-out data of ``config.eval.heldout``, or None when there is none."""
-    import ml_collections
-
-    from baichuan_audio_jax.config import ModelConfig
-    from baichuan_audio_jax.training.data_sources import build_iterator
-    from baichuan_audio_jax.training.tasks import get_task
-
     held = config.eval.get("heldout", "")
     if not held:
         return None
@@ -103,8 +101,6 @@ def periodic_eval(config, workdir: str, *, log: Callable[[str], None] = print, p
     suite = load_suite(ev.suite)
     if not config.data.tokenizer:
         raise ValueError("eval_every > 0 needs data.tokenizer (the text tokenizer the suite's prompts use)")
-    from data_pipelines.text_tokenizer import load_text_tokenizer
-
     tokenizer = load_text_tokenizer(str(config.data.tokenizer))
     speech = _speech(str(ev.speech_bundle)) if ev.speech_bundle else None
     heldout = heldout_loss_fn(config)

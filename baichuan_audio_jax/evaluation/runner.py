@@ -22,9 +22,11 @@ import time
 from collections import Counter
 from typing import Callable
 
+import numpy as np
 from tqdm import tqdm
 
 from baichuan_audio_jax.evaluation.inputs import SkipRecord, records
+from baichuan_audio_jax.evaluation.models import EvalModel
 from baichuan_audio_jax.evaluation.suite import Suite, TaskSpec
 from baichuan_audio_jax.evaluation.tasks import TASK_TYPES
 
@@ -57,8 +59,6 @@ class Context:
         if not path:
             return self.model
         if path not in self._asr_models:
-            from baichuan_audio_jax.evaluation.models import EvalModel
-
             self._asr_models[path] = EvalModel.from_bundle(path, batch_size=self.model.batch_size,
                                                            mesh=self.model.mesh)
         return self._asr_models[path]
@@ -145,8 +145,6 @@ def run_task(ctx: Context, spec: TaskSpec) -> dict:
 
 
 def _json_default(x):
-    import numpy as np
-
     if isinstance(x, np.generic):
         return x.item()
     if isinstance(x, np.ndarray):

@@ -15,10 +15,13 @@ documents them); an unknown option is an error naming the task, so a misspelling
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import re
 from typing import Any, Mapping
+
+from baichuan_audio_jax.evaluation.tasks import TASK_TYPES
 
 PATH_OPTIONS = ("asr_checkpoint",)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -60,8 +63,6 @@ def read_suite_file(path: str) -> Mapping:
             with open(path, encoding="utf-8") as f:
                 data = yaml.safe_load(f)
         elif ext == ".py":
-            import importlib.util
-
             spec = importlib.util.spec_from_file_location("_eval_suite", path)
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
@@ -84,8 +85,6 @@ def read_suite_file(path: str) -> Mapping:
 
 def suite_from_mapping(data: Mapping, base_dir: str, where: str = "suite") -> Suite:
     """Checks a suite mapping; relative paths are resolved against ``base_dir``."""
-    from baichuan_audio_jax.evaluation.tasks import TASK_TYPES
-
     tasks = data.get("tasks")
     if not isinstance(tasks, (list, tuple)) or not tasks:
         raise SuiteError(f"{where}: 'tasks' must be a non-empty list")
