@@ -24,6 +24,9 @@ INSTALL_REQUIRES = [
     "safetensors==0.8.0",
     "soundfile==0.14.0",
     "jiwer==4.0.0",
+    "sacrebleu==2.5.1",  # BLEU/chrF of the s2tt evaluation task
+    "opencc==1.1.9",  # traditional -> simplified Chinese in the evaluation normaliser
+    "PyYAML>=6.0",  # YAML evaluation suites
     "tqdm>=4.66",
     "tensorboardX>=2.6",
     "numpy>=2.0,<2.5",
@@ -52,7 +55,7 @@ setup(
     description="JAX/Flax reimplementation of the Baichuan-Audio speech LLM",
     packages=find_packages(include=["baichuan_audio_jax", "baichuan_audio_jax.*",
                                     "data_pipelines", "data_pipelines.*"]),
-    package_data={"data_pipelines.demo_corpus": ["README.md", "*.jsonl", "audio/*.ogg"],  # bundled demo data
+    package_data={"data_pipelines.demo_corpus": ["README.md", "*.jsonl", "audio/*.ogg", "suites/*"],  # demo data
                   "baichuan_audio_jax.serve": ["static/*"]},  # the voice-chat page
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,

@@ -146,8 +146,8 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=8, help="rows per batch (one host)")
     args = p.parse_args()
 
-    from data_pipelines.pipeline import make_builder
     from baichuan_audio_jax.text.tokenizer import train_sentencepiece
+    from data_pipelines.pipeline import make_builder
 
     config = load_config(os.path.join(REPO, "configs", "tiny.py"))
     model = ModelConfig.from_config(config.model)

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.cli.main import CLIError
-    from baichuan_audio_jax.evaluation.tokenizer import evaluate_manifest
+    from baichuan_audio_jax.evaluation.tokenizer_metrics import evaluate_manifest
     from baichuan_audio_jax.training.export import trained_model
 
     try:

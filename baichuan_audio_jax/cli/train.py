@@ -6,7 +6,8 @@ import argparse
 HELP = ("Train (or resume training) on the devices of this host or of a multi-host job. Builds the "
         "mesh from config.mesh, prints the trainable parameters of config.stage, resumes from the "
         "latest checkpoint in WORKDIR/checkpoints if there is one, and writes WORKDIR/metrics.jsonl, "
-        "TensorBoard events under WORKDIR/tensorboard and checkpoints. Multi-host jobs start "
+        "TensorBoard events under WORKDIR/tensorboard and checkpoints; with eval_every > 0, runs the "
+        "eval.suite on the live parameters every eval_every steps (WORKDIR/eval). Multi-host jobs start "
         "jax.distributed from BAICHUAN_COORDINATOR / BAICHUAN_NUM_PROCESSES / BAICHUAN_PROCESS_ID "
         "(or the flags below), or automatically on TPU pods and SLURM.")
 ACCEPTS_CONFIG_OVERRIDES = True
@@ -28,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     import data_pipelines  # noqa: F401  (registers the grain data sources)
     from baichuan_audio_jax.cli.main import CLIError
     from baichuan_audio_jax.config import format_config, load_config
+    from baichuan_audio_jax.evaluation.periodic import periodic_eval
     from baichuan_audio_jax.training import distributed
     from baichuan_audio_jax.training.trainer import train
 
@@ -39,5 +41,6 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--workdir is required to train")
     if args.coordinator:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-    train(config, args.workdir, progress=not args.no_progress)
+    hook = periodic_eval(config, args.workdir)  # eval_every > 0: the eval suite on the live parameters
+    train(config, args.workdir, progress=not args.no_progress, hooks=[hook] if hook else [])
     return 0

@@ -45,7 +45,7 @@ from baichuan_audio_jax.config import ModelConfig, load_config
 from baichuan_audio_jax.demo.assemble import assemble_bundle
 from baichuan_audio_jax.demo.corpus import transcripts, write_concatenated_asr, write_task_manifests
 from baichuan_audio_jax.demo.evaluation import evaluate_bundle
-from baichuan_audio_jax.evaluation.tokenizer import evaluate_manifest
+from baichuan_audio_jax.evaluation.tokenizer_metrics import evaluate_manifest
 from baichuan_audio_jax.inference.audio_tokenizer import AudioTokenizerRuntime
 from baichuan_audio_jax.inference.tokenize_corpus import tokenize_manifest
 from baichuan_audio_jax.records import read_manifest

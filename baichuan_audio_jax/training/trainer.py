@@ -32,8 +32,10 @@ from baichuan_audio_jax.training.tasks import check_batch_fields
 from baichuan_audio_jax.training.train_step import build_program
 
 
-def train(config, workdir: str, *, progress: bool = True, log=print) -> dict[str, Any]:
-    """Runs (or resumes) the training of ``config`` in ``workdir``; returns the last metrics."""
+def train(config, workdir: str, *, progress: bool = True, log=print, hooks=()) -> dict[str, Any]:
+    """Runs (or resumes) the training of ``config`` in ``workdir``; returns the last metrics.
+    ``hooks``: functions ``hook(step, graphdef, state, metrics_writer)`` called after every step,
+    before that step's checkpoint (e.g. periodic evaluation on the live parameters)."""
     distributed.initialize()
     pid, pcount = jax.process_index(), jax.process_count()
     primary = pid == 0
@@ -93,6 +95,8 @@ def train(config, workdir: str, *, progress: bool = True, log=print) -> dict[str
                 metrics_out.write(step, values)
                 last = {"step": step, **values}
                 window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
+            for hook in hooks:
+                hook(step, program.graphdef, state, metrics_out)
             if (ckpt_every > 0 and step % ckpt_every == 0) or step == total:
                 checkpointer.save(step, state, iterator.get_state())
         checkpointer.wait()

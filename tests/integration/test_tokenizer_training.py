@@ -121,7 +121,7 @@ def test_tokenizer_checkpoint_exports_to_the_reference_layout(tokenizer_run, tok
 
 
 def test_evaluation_on_held_out_speech(tokenizer_run, tokenizer_models, tmp_path):
-    from baichuan_audio_jax.evaluation.tokenizer import evaluate_manifest
+    from baichuan_audio_jax.evaluation.tokenizer_metrics import evaluate_manifest
 
     workdir, cfg = tokenizer_run
     lines = open(HELDOUT_MANIFEST).readlines()[:5]
