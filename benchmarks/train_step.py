@@ -143,12 +143,8 @@ def component_programs(program, state, batch):
             model = nnx.merge(graphdef, {**fixed, **diff}, rest)
             return loss(model, *inputs)
 
-        nfloat = None
-
         def run(*inputs):
-            nonlocal nfloat
             argnums = (0,) + tuple(2 + i for i, x in enumerate(inputs) if jnp.issubdtype(x.dtype, jnp.floating))
-            nfloat = len(argnums)
             return jax.grad(f, argnums=argnums)(diff, fixed, *inputs)
 
         return jax.jit(run)
