@@ -27,7 +27,20 @@ The EOS class of codebook 0 is suppressed so every run produces exactly the fram
 Compilation is excluded (a warm-up run per side); runs of the sides are interleaved and the
 median of ``--repeats`` is reported. Prints README table rows with the command.
 
+Decoding limits (``--dtypes``, ``--batches``), measured in the same run:
+
+* **memory bandwidth**: a jitted sum over a 256 MiB float32 array (bytes read / s);
+* **bytes of a frame**: the weights one audio frame reads (every LLM layer and the final norm
+  once; the audio head's attention weights and norms once per codebook, its FFN slices and
+  classifiers once; the embedding tables and the LM head are not read while speaking) in the
+  decoding dtype — the frame time over (bytes / bandwidth) says how close decoding is to the
+  memory-bandwidth limit;
+* the per-frame time and rows × frames/s of the engine at each batch size in each dtype;
+* **bfloat16 vs float32 greedy codes** over 24 frames: free running (one different code changes
+  every later frame) and teacher forced (each frame predicted from the float32 frames before it).
+
     python benchmarks/generation_latency.py [--sizes tiny,small] [--frames 50] [--repeats 3]
+        [--sides engine,reference,reference+jit] [--dtypes float32,bfloat16] [--batches 1,4,16]
 """
 from __future__ import annotations
 
@@ -51,6 +64,7 @@ from baichuan_audio_jax.inference.engine import DecodingEngine, PhaseSampling, R
 from baichuan_audio_jax.inference.sampling import SamplingArrays, SamplingParams, process_logits  # noqa: E402
 from baichuan_audio_jax.inference.waveform import SpeechDecoder, codes_to_wave  # noqa: E402
 from baichuan_audio_jax.layers.attention import KVCache  # noqa: E402
+from baichuan_audio_jax.models.audio_head import NUM_CODEBOOKS  # noqa: E402
 from baichuan_audio_jax.models.audio_llm import AudioLLM  # noqa: E402
 from baichuan_audio_jax.models.pure import init_model, pure  # noqa: E402
 
@@ -194,13 +208,15 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def measure(size: str, frames: int, repeats: int) -> list[dict]:
+def measure(size: str, frames: int, repeats: int, side_names=("engine", "reference", "reference+jit")
+            ) -> list[dict]:
     cfg = config(size)
     llm = build(cfg)
     speech = speech_decoder(cfg)
     engine = DecodingEngine(llm)
     sides = {"engine": None, "reference": ReferenceLoop(llm, compiled=False),
              "reference+jit": ReferenceLoop(llm, compiled=True)}
+    sides = {k: v for k, v in sides.items() if k in side_names}
     rng = np.random.default_rng(0)
     prompt = rng.integers(3, 400, PROMPT_TOKENS).astype(np.int32)
     key = jax.random.key(0)
@@ -243,22 +259,138 @@ def measure(size: str, frames: int, repeats: int) -> list[dict]:
     return rows
 
 
+# ----------------------------------------------------------------------------- decoding limits
+
+def memory_bandwidth(mib: int = 256, repeats: int = 10) -> float:
+    """Bytes/s read by a jitted sum over a float32 array of ``mib`` MiB (median of ``repeats``)."""
+    x = jnp.ones((mib * (1 << 20) // 4,), jnp.float32)
+    f = jax.jit(jnp.sum)
+    f(x).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(x).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return x.nbytes / statistics.median(times)
+
+
+def frame_bytes(engine: DecodingEngine) -> tuple[int, int]:
+    """(bytes one audio frame reads, bytes of every weight) of the engine's parameters."""
+    total, frame = 0, 0
+    for path, x in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(engine.state))[0]:
+        keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+        n = int(x.size) * x.dtype.itemsize
+        total += n
+        if keys[0] in ("embed_tokens", "audio_embed", "lm_head"):
+            continue  # one row gathered per step, or not used while speaking
+        if keys[:2] == ["audio_head", "layers"] and keys[2] != "ffn":
+            n *= NUM_CODEBOOKS  # the depth attention and norms run once per codebook
+        frame += n
+    return frame, total
+
+
+def audio_only(engine: DecodingEngine, prompt: np.ndarray, frames: int, rows: int, sampling: SamplingParams,
+               prompt_codes: np.ndarray | None = None, seed: int = 1) -> list:
+    protocol = il.Protocol(text=False, speech=True, audio_max_frames=frames)
+    reqs = [Request(prompt.astype(np.int32), prompt_codes=prompt_codes, start="audio",
+                    sampling=PhaseSampling(sampling, sampling, sampling), seed=seed + r, max_new_tokens=frames)
+            for r in range(rows)]
+    return engine.generate(reqs, protocol)
+
+
+def decode_limits(size: str, frames: int, repeats: int, dtypes, batches) -> dict:
+    cfg = config(size)
+    llm = build(cfg)
+    bw = memory_bandwidth()
+    rng = np.random.default_rng(0)
+    prompt = np.concatenate([rng.integers(3, 400, PROMPT_TOKENS), [cfg.tokens.audiogen_start_token_id]])
+    short = max(2, frames // 5)
+    out = {"bandwidth": bw, "rows": []}
+    engines = {dt: DecodingEngine(llm, dtype=dt) for dt in dtypes}
+    for dt, engine in engines.items():
+        fb, total = frame_bytes(engine)
+        for rows in batches:
+            audio_only(engine, prompt, frames, rows, AUDIO)  # compile
+            audio_only(engine, prompt, short, rows, AUDIO)
+            longs, shorts = [], []
+            for _ in range(repeats):
+                longs.append(timed(lambda: audio_only(engine, prompt, frames, rows, AUDIO)))
+                shorts.append(timed(lambda: audio_only(engine, prompt, short, rows, AUDIO)))
+            per_frame = (statistics.median(longs) - statistics.median(shorts)) / (frames - short)
+            out["rows"].append(dict(size=size, dtype=dt, batch=rows, per_frame_ms=per_frame * 1e3,
+                                    row_frames_per_s=rows / per_frame, frame_bytes=fb, weight_bytes=total,
+                                    read_ms=fb / bw * 1e3, all_read_ms=total / bw * 1e3))
+    if "float32" in engines and "bfloat16" in engines:
+        greedy = SamplingParams(do_sample=False)
+        n = 24
+        ref = audio_only(engines["float32"], prompt, n, 1, greedy)[0].segments[0]
+        free = audio_only(engines["bfloat16"], prompt, n, 1, greedy)[0].segments[0]
+        m = min(len(ref), len(free))
+        out["free_equal"] = float(np.mean(np.all(ref[:m] == free[:m], -1)))
+        tf = {}
+        for dt in ("float32", "bfloat16"):
+            same = []
+            for t in range(n):  # frame t from the float32 frames before it
+                ids = np.concatenate([prompt, np.full(t, cfg.tokens.audio_pad_token_id)])
+                codes = np.zeros((len(ids), NUM_CODEBOOKS), np.int32)
+                codes[len(prompt):] = ref[:t]
+                got = audio_only(engines[dt], ids, 1, 1, greedy, prompt_codes=codes)[0].segments[0]
+                same.append(bool(len(got) and np.all(got[0] == ref[t])))
+            tf[dt] = float(np.mean(same))
+        out["teacher_forced_equal"] = tf
+    return out
+
+
+def report_limits(res: dict, command: str) -> list[str]:
+    bw = res["bandwidth"]
+    print(f"\nmemory bandwidth (jitted sum over 256 MiB): {bw / 1e9:.1f} GB/s")
+    table = []
+    base = {(r["size"], r["batch"]): r for r in res["rows"] if r["dtype"] == "float32"}
+    for r in res["rows"]:
+        f32 = base.get((r["size"], r["batch"]))
+        speed = f32["per_frame_ms"] / r["per_frame_ms"] if f32 else float("nan")
+        print(f"{r['size']:6s} {r['dtype']:9s} batch {r['batch']:3d}: {r['per_frame_ms']:8.2f} ms/frame, "
+              f"{r['row_frames_per_s']:8.1f} rows×frames/s; a frame reads {r['frame_bytes'] / 1e6:.0f} MB = "
+              f"{r['read_ms']:.2f} ms at the measured bandwidth -> x{r['per_frame_ms'] / r['read_ms']:.2f} of that "
+              f"limit (all weights once: {r['all_read_ms']:.2f} ms, x{r['per_frame_ms'] / r['all_read_ms']:.2f}); "
+              f"x{speed:.2f} vs float32")
+        table.append(f"| {r['size']} | {r['dtype']} | {r['batch']} | {r['per_frame_ms']:.2f} ms | "
+                     f"{r['row_frames_per_s']:.0f} | x{r['per_frame_ms'] / r['read_ms']:.2f} | x{speed:.2f} | "
+                     f"`{command}` |")
+    if "free_equal" in res:
+        tf = res["teacher_forced_equal"]
+        print(f"bfloat16 vs float32 greedy codes over 24 frames: {100 * res['free_equal']:.0f}% of frames equal "
+              f"free running; teacher forced {100 * tf['bfloat16']:.0f}% (float32 against itself: "
+              f"{100 * tf['float32']:.0f}%)")
+    return table
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="tiny,small")
     p.add_argument("--frames", type=int, default=50)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--sides", default="engine,reference,reference+jit", help="'' skips the side-by-side")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="decoding dtypes of the limits section ('' skips)")
+    p.add_argument("--batches", default="1,4,16")
     args = p.parse_args()
+    command = COMMAND + "".join(f" {a}" for a in sys.argv[1:])
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPU cores; "
           f"{args.frames} frames, prompt {PROMPT_TOKENS} tokens, first chunk after {TEXT_TOKENS} text tokens + "
           f"{min(args.frames, 25)} frames + waveform; median of {args.repeats}")
-    table = []
+    table, limits = [], []
     for size in args.sizes.split(","):
-        rows = measure(size, args.frames, args.repeats)
+        if args.dtypes:
+            limits += report_limits(decode_limits(size, args.frames, args.repeats, args.dtypes.split(","),
+                                                  [int(b) for b in args.batches.split(",")]), command)
+        if not args.sides:
+            continue
+        rows = measure(size, args.frames, args.repeats, tuple(args.sides.split(",")))
         base = {r["side"]: r for r in rows}
         for r in rows:
-            speed = base["reference"]["per_frame_ms"] / r["per_frame_ms"]
-            first = base["reference"]["first_chunk_s"] / r["first_chunk_s"]
+            ref = base.get("reference", r)
+            speed = ref["per_frame_ms"] / r["per_frame_ms"]
+            first = ref["first_chunk_s"] / r["first_chunk_s"]
             print(f"{size:6s} {r['side']:14s} {r['per_frame_ms']:9.2f} ms/frame  {r['frames_per_s']:8.1f} frames/s  "
                   f"RTF {r['rtf']:7.3f}  first chunk {r['first_chunk_s']:6.2f} s   x{speed:6.1f} per frame, "
                   f"x{first:5.1f} first chunk vs reference")
@@ -267,6 +399,10 @@ def main() -> None:
     print("\nREADME rows (size | side | per frame | RTF | first audio chunk | speed-up vs reference per frame / "
           "first chunk | command):")
     print("\n".join(table))
+    if limits:
+        print("\ndocs rows (size | dtype | batch | per frame | rows × frames/s | x the weight-read time | "
+              "speed-up vs float32 | command):")
+        print("\n".join(limits))
 
 
 if __name__ == "__main__":

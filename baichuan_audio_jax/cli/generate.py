@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--greedy", action="store_true", help="choose the most likely token (chat samples by default)")
     g.add_argument("--sample", action="store_true", help="sample (asr and tts are greedy by default)")
     p.add_argument("--max-context", type=int, help="longest sequence in tokens (default: the model's)")
+    p.add_argument("--decode-dtype", choices=("float32", "bfloat16"),
+                   help="decode with weights and KV cache in this dtype (bfloat16: about half the bytes per step; "
+                        "logits stay float32); default: the bundle's decode_dtype, else the model's dtype")
 
 
 def _inputs(args, CLIError) -> dict:
@@ -83,7 +86,7 @@ def _inputs(args, CLIError) -> dict:
     return kw
 
 
-def load_generator(path: str, max_context: int | None = None):
+def load_generator(path: str, max_context: int | None = None, decode_dtype: str | None = None):
     """The bundle's generator; kept for the next call in the same process (and bundle version),
     so commands run in-process (scripts, tests) load and compile once."""
     # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
@@ -91,15 +94,15 @@ def load_generator(path: str, max_context: int | None = None):
 
     info = os.path.join(path, BUNDLE_FILE)
     stamp = os.stat(info).st_mtime_ns if os.path.exists(info) else None
-    return _cached_generator(os.path.abspath(path), stamp, max_context)
+    return _cached_generator(os.path.abspath(path), stamp, max_context, decode_dtype)
 
 
 @functools.lru_cache(maxsize=1)
-def _cached_generator(path: str, stamp, max_context):
+def _cached_generator(path: str, stamp, max_context, decode_dtype=None):
     # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from baichuan_audio_jax.inference.generator import Generator
 
-    return Generator.from_bundle(path, max_context=max_context)
+    return Generator.from_bundle(path, max_context=max_context, decode_dtype=decode_dtype)
 
 
 def check_inputs(inputs: dict, args, CLIError) -> None:
@@ -175,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
     from tqdm import tqdm
 
-    gen = load_generator(args.checkpoint, args.max_context)
+    gen = load_generator(args.checkpoint, args.max_context, args.decode_dtype)
     bar = tqdm(desc=f"generate {args.mode}", unit="tok", file=sys.stderr, dynamic_ncols=True, leave=False)
 
     def on_progress(done: int, limit: int) -> None:

@@ -15,6 +15,10 @@ Rows are decoded together with a shared write index into one KV cache ``[L, B, S
   or when every row is done.
 * **Buckets.** Cache sizes and prefill chunk lengths are rounded up to a few fixed sizes, so each
   bucket compiles once (:attr:`DecodingEngine.compiled` lists the programs built).
+* **Decoding dtype.** At batch 1 a step reads every weight once, so its time is the weights'
+  bytes over the memory bandwidth. ``dtype="bfloat16"`` stores the weights and the KV cache in
+  bfloat16 and computes in it (norm statistics, RoPE, attention softmax stay float32 as in the
+  layers); the text and audio logits are upcast to float32 before sampling.
 
 Rows stop independently; a finished row keeps its slot (masked) until the batch is done. Every
 row draws from its own PRNG key (its seed folded with its own step count), so a row's output
@@ -168,7 +172,7 @@ def _decode_step(graphdef, state, protocol: il.ProtocolArrays, params: RowParams
 
     def choose_text(hidden):
         m = nnx.merge(graphdef, state)
-        logits = m.logits(hidden[:, None])[:, 0]
+        logits = m.logits(hidden[:, None])[:, 0].astype(jnp.float32)
         p = jax.tree.map(lambda f, later: jnp.where(rows.text_round == 0, f, later), params.first_text,
                          params.later_text)
         keys = jax.vmap(lambda k: jax.random.fold_in(k, NUM_CODEBOOKS))(step_keys)
@@ -221,6 +225,37 @@ def _run_jit(graphdef, state, protocol, ds, params, tables, stop_masks, max_step
 SegmentCallback = Callable[[int, np.ndarray], None]
 
 
+DECODE_DTYPES = ("float32", "bfloat16")
+
+
+def _is_classifier(path) -> bool:
+    keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+    return keys[:1] == ["lm_head"] or keys[:2] == ["audio_head", "heads"]
+
+
+def cast_for_decoding(llm: AudioLLM, dtype: str | None) -> AudioLLM:
+    """``llm`` with its floating parameters stored and computed in ``dtype`` (None: unchanged),
+    except the classifiers (LM head, audio-head heads): they stay float32 and give float32 logits
+    from the ``dtype`` hidden state, so near-ties are resolved as in float32 (they are a small
+    share of the bytes a step reads)."""
+    if dtype is None or jnp.dtype(dtype) == jnp.dtype(llm.cfg.dtype) == jnp.dtype(llm.cfg.param_dtype):
+        return llm
+    if str(jnp.dtype(dtype)) not in DECODE_DTYPES:
+        raise ValueError(f"decoding dtype {dtype!r}: choose one of {DECODE_DTYPES}")
+    cfg = dataclasses.replace(llm.cfg, dtype=str(jnp.dtype(dtype)), param_dtype=str(jnp.dtype(dtype)))
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: AudioLLM(cfg, rngs=nnx.Rngs(0))))
+
+    def cast(path, x):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            return x
+        return x.astype(jnp.float32 if _is_classifier(path) else dtype)
+
+    out = nnx.merge(graphdef, jax.tree_util.tree_map_with_path(cast, nnx.state(llm)))
+    for head in ([out.lm_head] if out.lm_head is not None else []) + list(out.audio_head.heads):
+        head.dtype = jnp.float32
+    return out
+
+
 class DecodingEngine:
     """Batched generation with an :class:`AudioLLM` (see the module docstring).
 
@@ -229,12 +264,14 @@ class DecodingEngine:
     generation) a row may reach (default ``llm.max_position_embeddings``). ``chunk``: the longest
     prefill chunk. ``mesh``: decode on a device mesh — parameters and the KV cache are laid out
     by the logical-axis rules (rows over ``data``/``fsdp``, KV heads over ``tensor``) and the
-    model's activation constraints apply.
+    model's activation constraints apply. ``dtype``: decode with weights, activations and KV cache
+    in this dtype (``"bfloat16"`` halves the bytes a step reads; None: the model's own).
     """
 
     def __init__(self, llm: AudioLLM, *, token_strings: Sequence[str] | Callable[[], Sequence[str]] | None = None,
                  max_context: int | None = None, chunk: int = 512, min_cache: int = 128, min_chunk: int = 16,
-                 mesh: Mesh | None = None):
+                 mesh: Mesh | None = None, dtype: str | None = None):
+        llm = cast_for_decoding(llm, dtype)
         self.cfg = llm.cfg
         self.graphdef, self.state = nnx.split(llm)
         self.mesh = mesh

@@ -36,7 +36,7 @@ from baichuan_audio_jax.config import ModelConfig
 from baichuan_audio_jax.conversion.bundle import BundleError, load_bundle, read_bundle_info
 from baichuan_audio_jax.inference import interleave as il
 from baichuan_audio_jax.inference.audio_tokenizer import AudioTokenizerRuntime
-from baichuan_audio_jax.inference.engine import DecodingEngine, PhaseSampling, Request
+from baichuan_audio_jax.inference.engine import DECODE_DTYPES, DecodingEngine, PhaseSampling, Request
 from baichuan_audio_jax.inference.prompts import (
     ASR_INSTRUCTION,
     DEFAULT_SYSTEM_PROMPT,
@@ -136,7 +136,8 @@ class Generator:
     :class:`~baichuan_audio_jax.inference.waveform.SpeechDecoder`; parts may be None)."""
 
     def __init__(self, llm: AudioLLM, tokenizer, *, speech: SpeechDecoder | None = None,
-                 max_context: int | None = None, mesh=None, check_tokenizer: bool = True):
+                 max_context: int | None = None, mesh=None, check_tokenizer: bool = True,
+                 decode_dtype: str | None = None):
         self.cfg: ModelConfig = llm.cfg
         self.tokenizer = tokenizer
         if check_tokenizer:
@@ -144,16 +145,17 @@ class Generator:
         self.speech = speech
         self.prompts = PromptBuilder(tokenizer, self.cfg.tokens)
         self.engine = DecodingEngine(llm, token_strings=lambda: token_strings(tokenizer, self.cfg.llm.vocab_size),
-                                     max_context=max_context, mesh=mesh)
+                                     max_context=max_context, mesh=mesh, dtype=decode_dtype)
         self._special = special_token_ids(self.cfg.tokens)
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, *, max_context: int | None = None, mesh=None,
-                    batch_size: int = 1) -> "Generator":
+                    batch_size: int = 1, decode_dtype: str | None = None) -> "Generator":
         """From a model bundle (:mod:`baichuan_audio_jax.conversion.bundle`): the ``llm`` component and the text
         tokenizer in ``tokenizer/``, and whichever of the audio tokenizer, the flow-matching
         decoder and the vocoder it holds (a mode that needs a missing one says so). ``mesh``:
-        decode on a device mesh (parameters restored sharded)."""
+        decode on a device mesh (parameters restored sharded). ``decode_dtype``: the LLM's
+        decoding dtype (default: the bundle info's ``decode_dtype`` if set, else the model's)."""
 
 
         path = os.fspath(path)
@@ -172,7 +174,11 @@ class Generator:
             speech = SpeechDecoder(runtime, getattr(b.model, "flow_matching", None), b.vocoder)
             if b.vocoder is None and "flow_matching" in present:
                 warn_no_vocoder(path)
-        gen = cls(b.model.llm, tokenizer, speech=speech, max_context=max_context, mesh=mesh)
+        bundle_dtype = info.get("decode_dtype")
+        if bundle_dtype is not None and bundle_dtype not in DECODE_DTYPES:
+            raise BundleError(f"{path}: decode_dtype {bundle_dtype!r} in the bundle info is not one of {DECODE_DTYPES}")
+        gen = cls(b.model.llm, tokenizer, speech=speech, max_context=max_context, mesh=mesh,
+                  decode_dtype=decode_dtype or bundle_dtype)
         gen.source = path
         return gen
 

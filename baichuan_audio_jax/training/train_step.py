@@ -148,6 +148,25 @@ def build_program(config, mesh: Mesh, task: Task | None = None, *, donate: bool 
     grad_fn = jax.value_and_grad(loss_of, has_aux=True)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        with jax.named_scope("forward_backward"):
+            loss, sums, grads = forward_backward(state, batch)
+        with jax.named_scope("optimizer"):
+            grad_norm = trainable_norm(grads, labels)
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = apply_updates(state.params, updates, labels)
+        model_state, state_metrics = state.model_state, {}
+        if task.update_state is not None:
+            model_state, state_metrics = task.update_state(model_state, params, batch, sums,
+                                                           jax.random.fold_in(state.step_key(), 1 << 30), state.step,
+                                                           train_cfg)
+        new = state.replace(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state)
+        scalars = {k: v for k, v in sums.items() if jnp.ndim(v) == 0}
+        metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step), **scalars,
+                   **state_metrics}
+        return new, metrics
+
+    def forward_backward(state: TrainState, batch: dict):
+        """(loss, sums, grads) of the global batch, accumulated over microbatches."""
         denominators = task.denominators(batch, model_cfg)
         rng = state.step_key()
         if accum == 1:
@@ -172,18 +191,7 @@ def build_program(config, mesh: Mesh, task: Task | None = None, *, donate: bool 
                                                jax.tree.map(lambda x: x[0], micro), denominators, rng, state.step))
             (loss, sums, grads), _ = jax.lax.scan(body, (zero[0][0], zero[0][1], zero[1]),
                                                   (jnp.arange(accum), micro))
-        grad_norm = trainable_norm(grads, labels)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = apply_updates(state.params, updates, labels)
-        model_state, state_metrics = state.model_state, {}
-        if task.update_state is not None:
-            model_state, state_metrics = task.update_state(model_state, params, batch, sums,
-                                                           jax.random.fold_in(rng, 1 << 30), state.step, train_cfg)
-        new = state.replace(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state)
-        scalars = {k: v for k, v in sums.items() if jnp.ndim(v) == 0}
-        metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step), **scalars,
-                   **state_metrics}
-        return new, metrics
+        return loss, sums, grads
 
     init_jit = InMesh(jax.jit(init, out_shardings=state_sh), mesh)
     step_jit = InMesh(jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep),
