@@ -703,6 +703,11 @@ def default_run_config() -> ml_collections.ConfigDict:
         audio_loss_weight=1.0,  # loss = text CE + audio_loss_weight * audio CE
         max_audio_positions=0,  # audio-head positions evaluated per row (0: seq_len)
         loss_chunk_size=0,  # positions per chunk of the vocabulary CE (0: one chunk)
+        # audio LLM dropout rates (0: off): on the input embeddings, on each attention and MLP output
+        # before it joins the residual stream, and on the MLP's hidden activations
+        embed_dropout=0.0,
+        residual_dropout=0.0,
+        mlp_dropout=0.0,
         peak_flops_per_device=0.0,  # for model FLOPs utilisation (0: not reported)
     ))
     cfg.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3, async_save=True))
@@ -727,6 +732,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         shuffle=True,
         num_epochs=0,  # 0: repeat forever
         max_audio_seconds=300.0,  # on-the-fly audio longer than this is skipped
+        speed_perturb=[],  # grain_audio: speed factors drawn per record read, e.g. [0.9, 1.0, 1.1] ([]: off)
         read_threads=4,
         prefetch=128,
         worker_count=0,  # > 0: grain worker processes
