@@ -218,7 +218,10 @@ class Demo:
         if int(demo.encoder_asr_steps) > 0:
             with self.stage("encoder_asr"):
                 asr_run = self.train(encoder_asr_config(demo, sp), "encoder_asr")
-                self.report["encoder_asr"] = self.evaluate_encoder_asr(asr_run, sp)
+                self.report["encoder_asr"] = self.evaluate_encoder_asr(asr_run, sp, demo.heldout_manifest)
+                if demo.extra_heldout_manifest:
+                    self.report["encoder_asr"]["extra"] = self.evaluate_encoder_asr(
+                        asr_run, sp, demo.extra_heldout_manifest)
         with self.stage("audio_tokenizer"):
             tok_run = self.train(tokenizer_config(demo, sp, text_llm, asr_run), "audio_tokenizer")
             self.report["audio_tokenizer"] = self.evaluate_tokenizer(tok_run)
@@ -294,9 +297,10 @@ class Demo:
         self.log(f"held-out mel MAE {summary['heldout_mel_mae']}")
         return summary
 
-    def evaluate_encoder_asr(self, asr_run: str, sp: str) -> dict:
-        """Held-out word error rate of the ASR-pretrained encoder's CTC head (greedy best path):
-        how much of the words the encoder's features carry before the tokenizer trains on them."""
+    def evaluate_encoder_asr(self, asr_run: str, sp: str, manifest: str) -> dict:
+        """Word error rate of the ASR-pretrained encoder's CTC head (greedy best path) on a held-out
+        manifest: how much of the words the encoder's features carry before the tokenizer trains
+        on them."""
 
         from baichuan_audio_jax import audio_batch
         from baichuan_audio_jax.audio.io import load_audio
@@ -311,7 +315,7 @@ class Demo:
         model, config, step = trained_model(asr_run)
         cfg = ModelConfig.from_config(config.model)
         tok = load_text_tokenizer(sp)
-        pairs = transcripts(self.config.heldout_manifest)
+        pairs = transcripts(manifest)
         rows = [audio_batch.asr_example(load_audio(a, cfg.audio_encoder.sampling_rate,
                                                    lowpass_filter_width=ENCODER_LOWPASS_FILTER_WIDTH), cfg, [])
                 for a, _ in pairs]
@@ -320,7 +324,7 @@ class Demo:
         hyps = [tok.decode([int(i) for i in ids]).strip() for ids in
                 greedy_decode(model, batch["features"], batch["feature_lengths"])]
         wer = round(word_error_rate([t for _, t in pairs], hyps), 4)
-        self.log(f"encoder CTC head: held-out WER {wer:.1%} over {len(pairs)} utterances")
+        self.log(f"encoder CTC head: WER {wer:.1%} over {len(pairs)} utterances of {manifest}")
         return {"step": step, "heldout_ctc_wer": wer, "utterances": len(pairs),
                 "examples": [{"reference": t, "hypothesis": h} for (_, t), h in list(zip(pairs, hyps))[:8]]}
 
