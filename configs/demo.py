@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
     # 4. the audio LLM: stage 1 (audio embeddings + audio head), then stage 2 (all but the text
     #    embedding and the LM head), on ASR, TTS and ITTS sequences mixed by these weights
     cfg.llm_stage1_steps = 50
-    cfg.llm_stage2_steps = 900
+    cfg.llm_stage2_steps = 600  # 900 drove the training text loss to ~0.004 (memorised) without a held-out gain
     cfg.llm_batch_size = 8
     cfg.llm_seq_len = 256
     cfg.llm_audio_positions = 128  # audio-head positions per row (frames with loss; the rest are dropped and counted)
