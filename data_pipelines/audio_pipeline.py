@@ -2,8 +2,7 @@
 
 ``build_audio_iterator(config, process_index=i, process_count=n)`` is the ``grain_audio`` data
 source of the training engine, for the ``audio_tokenizer``, ``flow_matching`` and ``encoder_asr``
-tasks. Its
-batches follow :mod:`baichuan_audio_jax.audio_batch` (padded log-mel features, mel targets and
+tasks. Its batches follow :mod:`baichuan_audio_jax.audio_batch` (padded log-mel features, mel targets and
 transcript ids with their lengths). It shares the token pipeline's machinery
 (:mod:`data_pipelines.pipeline`): the same ``data.sources`` specs (JSONL manifests here: audio
 must be decoded), per-host sharding (host i reads items i, i + n, …), per-epoch shuffling,
@@ -25,7 +24,7 @@ empty: off): each record, every time it is read, is played at one of the factors
 (deterministic in the seed and the record's position in the stream, so resuming replays it): its
 16 kHz waveform is resampled to ``16 kHz / factor`` (rounded to 400 Hz) and read as 16 kHz again,
 which changes tempo and pitch together, as speed perturbation for ASR does. The length limits
-apply to the perturbed audio.
+apply to the perturbed audio. Not for ``flow_matching``, whose target is read from the file again.
 """
 from __future__ import annotations
 
@@ -186,6 +185,9 @@ def build_audio_iterator(config: ml_collections.ConfigDict, *, process_index: in
     speeds = [float(f) for f in (data.get("speed_perturb", None) or [])]
     if any(f <= 0 for f in speeds):
         raise ValueError(f"data.speed_perturb: factors must be positive, got {speeds}")
+    if task == "flow_matching" and speeds and speeds != [1.0]:
+        raise ValueError("data.speed_perturb is not supported for task 'flow_matching' (its 24 kHz target would "
+                         "not be perturbed with the features): set data.speed_perturb=[]")
     if llm_weight > 0 and not tokenizer_path:
         raise ValueError("train.tokenizer.llm_weight > 0 needs transcripts: set data.tokenizer to a text tokenizer "
                          "(e.g. `baichuan-audio data train-tokenizer ...`), or set train.tokenizer.llm_weight=0")
