@@ -119,6 +119,13 @@ def tokenizer_row_shapes(model: ModelConfig, seq_len: int, text_len: int) -> dic
         text_ids=(np.int32, (text_len,)), text_lengths=(np.int32, ()))
 
 
+def asr_row_shapes(model: ModelConfig, seq_len: int, text_len: int) -> dict[str, tuple[type, tuple]]:
+    """Rows of the encoder's ASR pretraining: encoder features and transcript ids."""
+    return dict(
+        features=(np.float32, (seq_len, model.audio_encoder.num_mel_bins)), feature_lengths=(np.int32, ()),
+        text_ids=(np.int32, (text_len,)), text_lengths=(np.int32, ()))
+
+
 def flow_row_shapes(model: ModelConfig, seq_len: int) -> dict[str, tuple[type, tuple]]:
     g = AudioGeometry.of(model, seq_len, padded=True)
     return dict(
@@ -147,6 +154,14 @@ def tokenizer_example(wav16: np.ndarray, model: ModelConfig, text_ids: Sequence[
     return dict(features=feats, feature_lengths=np.int32(feats.shape[0]), coarse_mel=coarse,
                 coarse_lengths=np.int32(g.coarse_frames), refined_mel=refined,
                 refined_lengths=np.int32(g.refined_frames), text_ids=ids, text_lengths=np.int32(ids.shape[0]))
+
+
+def asr_example(wav16: np.ndarray, model: ModelConfig, text_ids: Sequence[int]) -> dict[str, np.ndarray]:
+    """One row's unpadded fields for the encoder's ASR pretraining."""
+    feats = log_mel(wav16, log_mel_config(model))
+    ids = np.asarray(list(text_ids), np.int32)
+    return dict(features=feats, feature_lengths=np.int32(feats.shape[0]), text_ids=ids,
+                text_lengths=np.int32(ids.shape[0]))
 
 
 def flow_example(wav16: np.ndarray, wav_target: np.ndarray, model: ModelConfig) -> dict[str, np.ndarray]:

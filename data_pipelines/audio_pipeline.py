@@ -1,8 +1,8 @@
 """The audio input pipeline: manifests → waveforms → padded audio batches, per host, resumable.
 
 ``build_audio_iterator(config, process_index=i, process_count=n)`` is the ``grain_audio`` data
-source of the training engine, for the ``audio_tokenizer`` and ``flow_matching`` tasks. Its
-batches follow :mod:`baichuan_audio_jax.audio_batch` (padded log-mel features, mel targets and
+source of the training engine, for the ``audio_tokenizer``, ``flow_matching`` and ``encoder_asr``
+tasks. Its batches follow :mod:`baichuan_audio_jax.audio_batch` (padded log-mel features, mel targets and
 transcript ids with their lengths). It shares the token pipeline's machinery
 (:mod:`data_pipelines.pipeline`): the same ``data.sources`` specs (JSONL manifests here: audio
 must be decoded), per-host sharding (host i reads items i, i + n, …), per-epoch shuffling,
@@ -18,6 +18,13 @@ Per record:
    and counted by reason;
 3. the transcript is tokenized (``data.tokenizer``) and ends with EOS; longer than
    ``data.text_len`` is skipped as ``sequence_too_long``.
+
+**Speed perturbation** (``data.speed_perturb``, a list of factors such as ``[0.9, 1.0, 1.1]``;
+empty: off): each record, every time it is read, is played at one of the factors drawn at random
+(deterministic in the seed and the record's position in the stream, so resuming replays it): its
+16 kHz waveform is resampled to ``16 kHz / factor`` (rounded to 400 Hz) and read as 16 kHz again,
+which changes tempo and pitch together, as speed perturbation for ASR does. The length limits
+apply to the perturbed audio. Not for ``flow_matching``, whose target is read from the file again.
 """
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ import numpy as np
 
 from baichuan_audio_jax import audio_batch
 from baichuan_audio_jax.audio.io import AudioError, load_audio
+from baichuan_audio_jax.audio.resample import resample
 from baichuan_audio_jax.audio.whisper_logmel import ENCODER_LOWPASS_FILTER_WIDTH
 from baichuan_audio_jax.config import ModelConfig
 from baichuan_audio_jax.records import resolve_audio_path
@@ -38,7 +46,8 @@ from data_pipelines.pipeline import TrainIterator, _seed, source_specs, train_it
 from data_pipelines.skips import CountSkipsIterDataset, RecordError, Skip
 from data_pipelines.sources import JsonlSource, parse_line
 
-TASKS = ("audio_tokenizer", "flow_matching")
+TASKS = ("audio_tokenizer", "flow_matching", "encoder_asr")
+SPEED_RATE_STEP = 400  # Hz: perturbed rates are multiples of it, so the resampler's period stays short
 
 
 class AudioExample:
@@ -61,10 +70,10 @@ class AudioExample:
     def __getstate__(self):
         return {**self.__dict__, "_tokenizer": None}
 
-    def __call__(self, item):
+    def __call__(self, item, speed: float = 1.0):
         origin = self.source.origin(item)
         try:
-            return self._build(item)
+            return self._build(item, speed)
         except RecordError as e:
             return Skip.of(e, origin)
 
@@ -75,7 +84,7 @@ class AudioExample:
         except AudioError as e:
             raise RecordError(e.reason, str(e)) from None
 
-    def _build(self, item) -> dict:
+    def _build(self, item, speed: float = 1.0) -> dict:
         _, line = item
         record = parse_line(line)
         validate(record)
@@ -85,6 +94,8 @@ class AudioExample:
         path = resolve_audio_path(self.source.path, ref)
         enc = self.model.audio_encoder
         wav = self._load(path, enc.sampling_rate, ENCODER_LOWPASS_FILTER_WIDTH)
+        if speed != 1.0:
+            wav = speed_perturbed(wav, enc.sampling_rate, speed)
         if wav.shape[0] < self.min_samples:
             raise RecordError("too_short", f"{path}: {wav.shape[0]} samples at {enc.sampling_rate} Hz give no "
                                            f"audio token (< {self.min_samples})")
@@ -101,14 +112,33 @@ class AudioExample:
                 text = record.get("text")
                 if not isinstance(text, str) or not text.strip():
                     raise RecordError("invalid_record", "the record has no 'text' transcript (the LLM alignment "
-                                                        "loss needs one)")
+                                                        "loss and ASR need one)")
                 ids = list(self.tokenizer.encode(text)) + [self.model.tokens.eos_token_id]
                 if len(ids) > self.text_len:
                     raise RecordError("sequence_too_long", f"transcript of {len(ids)} tokens (with EOS) exceeds "
                                                            f"data.text_len={self.text_len}")
+            if self.task == "encoder_asr":
+                return audio_batch.asr_example(wav, self.model, ids)
             return audio_batch.tokenizer_example(wav, self.model, ids)
         except audio_batch.TargetTooShort as e:
             raise RecordError("too_short", f"{path}: {e}") from None
+
+
+def speed_perturbed(wav: np.ndarray, rate: int, factor: float) -> np.ndarray:
+    """``wav`` (at ``rate``) played ``factor`` times faster: resampled to ``rate / factor``
+    (rounded to SPEED_RATE_STEP) and read at ``rate``."""
+    new = max(SPEED_RATE_STEP, int(round(rate / factor / SPEED_RATE_STEP)) * SPEED_RATE_STEP)
+    return wav if new == rate else resample(wav, rate, new).astype(np.float32)
+
+
+class RandomSpeed:
+    """Grain random map: a record built at a speed factor drawn from ``factors``."""
+
+    def __init__(self, example: AudioExample, factors):
+        self.example, self.factors = example, [float(f) for f in factors]
+
+    def __call__(self, item, rng: np.random.Generator):
+        return self.example(item, self.factors[int(rng.integers(len(self.factors)))])
 
 
 class PadBatch:
@@ -129,6 +159,8 @@ def row_shapes(config: ml_collections.ConfigDict) -> dict:
         return audio_batch.flow_row_shapes(model, int(config.data.seq_len))
     if task == "audio_tokenizer":
         return audio_batch.tokenizer_row_shapes(model, int(config.data.seq_len), int(config.data.text_len))
+    if task == "encoder_asr":
+        return audio_batch.asr_row_shapes(model, int(config.data.seq_len), int(config.data.text_len))
     raise ValueError(f"data.source='grain_audio' serves the tasks {list(TASKS)}, not {task!r}")
 
 
@@ -146,8 +178,16 @@ def build_audio_iterator(config: ml_collections.ConfigDict, *, process_index: in
     if seq_len > max_frames:
         raise ValueError(f"data.seq_len={seq_len} log-mel frames exceed one encoder chunk ({max_frames} frames, "
                          f"model.audio_encoder.max_audio_seconds={enc.max_audio_seconds})")
-    tokenizer_path = str(data.get("tokenizer", "") or "") if task == "audio_tokenizer" else ""
+    tokenizer_path = str(data.get("tokenizer", "") or "") if task in ("audio_tokenizer", "encoder_asr") else ""
     llm_weight = float(config.train.get("tokenizer", {}).get("llm_weight", 0.0)) if task == "audio_tokenizer" else 0
+    if task == "encoder_asr" and not tokenizer_path:
+        raise ValueError("task 'encoder_asr' needs transcripts: set data.tokenizer to a text tokenizer")
+    speeds = [float(f) for f in (data.get("speed_perturb", None) or [])]
+    if any(f <= 0 for f in speeds):
+        raise ValueError(f"data.speed_perturb: factors must be positive, got {speeds}")
+    if task == "flow_matching" and speeds and speeds != [1.0]:
+        raise ValueError("data.speed_perturb is not supported for task 'flow_matching' (its 24 kHz target would "
+                         "not be perturbed with the features): set data.speed_perturb=[]")
     if llm_weight > 0 and not tokenizer_path:
         raise ValueError("train.tokenizer.llm_weight > 0 needs transcripts: set data.tokenizer to a text tokenizer "
                          "(e.g. `baichuan-audio data train-tokenizer ...`), or set train.tokenizer.llm_weight=0")
@@ -173,9 +213,12 @@ def build_audio_iterator(config: ml_collections.ConfigDict, *, process_index: in
         if data.shuffle:
             ds = ds.shuffle(seed=_seed(seed, i))
         ds = ds.repeat(epochs if epochs > 0 else None)
-        datasets.append(ds.map(AudioExample(source, model, task, max_samples=max_samples, max_seconds=max_seconds,
-                                            text_len=int(data.get("text_len", 0) or 0),
-                                            tokenizer_path=tokenizer_path)))
+        example = AudioExample(source, model, task, max_samples=max_samples, max_seconds=max_seconds,
+                               text_len=int(data.get("text_len", 0) or 0), tokenizer_path=tokenizer_path)
+        if speeds and speeds != [1.0]:
+            datasets.append(ds.random_map(RandomSpeed(example, speeds), seed=_seed(seed + 1, i)))
+        else:
+            datasets.append(ds.map(example))
     ds = mixture.mix(datasets, [s.weight for s in specs], [s.label for s in specs])
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(data.read_threads),
                                               prefetch_buffer_size=int(data.prefetch)))

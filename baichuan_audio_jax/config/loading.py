@@ -113,8 +113,13 @@ def schema() -> ml_collections.ConfigDict:
 def resolve(cfg: ml_collections.ConfigDict | Mapping[str, Any], where: str = "config") -> ml_collections.ConfigDict:
     """The declared defaults updated by ``cfg``; unknown keys and wrongly typed values are errors."""
     out = schema()
+    with out.init_from.unlocked():
+        extra = {k: v for k, v in dict(cfg.get("init_from") or {}).items() if k not in out.init_from}
+        for key in extra:  # part paths beyond the declared ones (see run.InitFromSection)
+            out.init_from[key] = ""
     _merge(out, cfg, "", where)
     out.lock()
+    out.init_from.unlock()  # part paths are checked against the model when the run starts
     return out
 
 

@@ -63,7 +63,9 @@ class MeshSection:
 class InitFromSection:
     """``init_from``: parts of this run's model that start from trained weights (training/
     initial_weights.py): a training run (``RUN``, ``RUN#part``) or a bundle (``BUNDLE#part``);
-    '' = random."""
+    '' = random. The common parts are declared; a config file may add any other part path of the
+    model (e.g. ``init_from["tokenizer/audio_encoder"]``), checked against the model when the run
+    starts."""
 
     model: str = setting("", "this run's whole model, e.g. 'runs/stage1#' for stage 2, 'BUNDLE#llm'")
     llm: str = setting("", "the language model part (tasks whose model has one), e.g. 'runs/llm_text#'")
@@ -140,6 +142,16 @@ class VocoderTrainSection:
 
 
 @dataclasses.dataclass
+class EncoderASRSection:
+    """``train.encoder_asr`` (task ``encoder_asr``): SpecAugment-style masks (0 masks: off)."""
+
+    freq_masks: int = setting(2, "bands of mel bins masked per row")
+    freq_width: int = setting(15, "widest band (mel bins)")
+    time_masks: int = setting(2, "spans of frames masked per row")
+    time_width: float = setting(0.08, "widest span, as a fraction of the row's valid frames")
+
+
+@dataclasses.dataclass
 class TrainSection:
     """``train``: AdamW with a warmup + cosine schedule, clipping, accumulation and loss options."""
 
@@ -164,6 +176,7 @@ class TrainSection:
     spike_factor: float = setting(3.0, "log a loss / grad-norm spike above this times its running average (0: off)")
     tokenizer: TokenizerSection = section(TokenizerSection, "task audio_tokenizer")
     vocoder: VocoderTrainSection = section(VocoderTrainSection, "task vocoder")
+    encoder_asr: EncoderASRSection = section(EncoderASRSection, "task encoder_asr")
 
 
 @dataclasses.dataclass

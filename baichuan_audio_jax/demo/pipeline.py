@@ -8,21 +8,27 @@ Stages (each a function of the demo config, writing under the output directory `
 2. ``llm_text``: the LLM pretrained on the transcripts as pure text (``OUT/runs/llm_text``): the
    stand-in for the pretrained text LLM (Qwen2.5) the paper starts from, which a model built from
    scratch does not have;
-3. ``audio_tokenizer``: the RVQ tokenizer (``configs/tokenizer_tiny.py``'s recipe, paper §3.1,
-   its alignment loss read by that text LLM, frozen; ``OUT/runs/audio_tokenizer``), then its
-   held-out mel MAE and code use;
-4. ``flow_matching``: the flow-matching decoder on the frozen tokenizer (``configs/flow_tiny.py``,
+3. ``encoder_asr``: the audio encoder pretrained as a speech recogniser (a CTC head over it,
+   ``configs/encoder_asr_tiny.py``, with speed perturbation and SpecAugment-style masking;
+   ``OUT/runs/encoder_asr``): the stand-in for the pretrained Whisper encoder the paper's
+   tokenizer starts from; then its CTC head's held-out word error rate (``encoder_asr_steps=0``
+   skips it: the tokenizer's encoder then starts at random);
+4. ``audio_tokenizer``: the RVQ tokenizer (``configs/tokenizer_tiny.py``'s recipe, paper §3.1,
+   its alignment loss read by that text LLM, frozen; ``OUT/runs/audio_tokenizer``), its encoder
+   loaded from step 3 (``init_from``, the path a converted Whisper encoder takes) and kept frozen
+   with ``tokenizer_freeze_encoder``; then its held-out mel MAE and code use;
+5. ``flow_matching``: the flow-matching decoder on the frozen tokenizer (``configs/flow_tiny.py``,
    §3.2; ``OUT/runs/flow_matching``);
-5. ``tokenize``: ASR, TTS and ITTS manifests derived from the corpus (:mod:`.corpus`), tokenized
+6. ``tokenize``: ASR, TTS and ITTS manifests derived from the corpus (:mod:`.corpus`), tokenized
    to ArrayRecord shards by the trained tokenizer, plus ASR records of two utterances back to back
    (an augmentation against memorising the few hundred utterances; ``OUT/data``);
-6. ``llm_stage1`` and ``llm_stage2``: the audio LLM's two pretraining stages (§3.3) on the mixture
+7. ``llm_stage1`` and ``llm_stage2``: the audio LLM's two pretraining stages (§3.3) on the mixture
    of those shards through the Grain pipeline (``OUT/runs/llm_stage1``, ``OUT/runs/llm_stage2``;
-   stage 1 starts from the text LLM, stage 2 from stage 1);
-7. ``bundle``: the trained LLM, audio tokenizer and flow-matching decoder, the text tokenizer and
+   stage 1 starts from the text LLM, stage 2 from stage 1), with the dropout rates of the config;
+8. ``bundle``: the trained LLM, audio tokenizer and flow-matching decoder, the text tokenizer and
    the config as one model bundle (``OUT/model``, what ``generate --checkpoint`` reads). No
    vocoder is trained: speech is rendered from the mel by Griffin-Lim;
-8. ``evaluate``: held-out transcription (word error rate), a few held-out sentences spoken
+9. ``evaluate``: held-out transcription (word error rate), a few held-out sentences spoken
    (``OUT/tts_*.wav``) and transcribed back by the same model (round-trip word error rate).
 
 Training runs resume from their checkpoints, so running the demo again into the same ``OUT``
@@ -41,15 +47,19 @@ from typing import Any, Callable
 import ml_collections
 from flax import nnx
 
+from baichuan_audio_jax import audio_batch
+from baichuan_audio_jax.audio.io import load_audio
+from baichuan_audio_jax.audio.whisper_logmel import ENCODER_LOWPASS_FILTER_WIDTH
 from baichuan_audio_jax.config import ModelConfig, load_config
 from baichuan_audio_jax.demo.assemble import assemble_bundle
 from baichuan_audio_jax.demo.corpus import transcripts, write_concatenated_asr, write_task_manifests
-from baichuan_audio_jax.demo.evaluation import evaluate_bundle
+from baichuan_audio_jax.demo.evaluation import evaluate_bundle, word_error_rate
 from baichuan_audio_jax.evaluation.tokenizer_metrics import evaluate_manifest
 from baichuan_audio_jax.inference.audio_tokenizer import AudioTokenizerRuntime
 from baichuan_audio_jax.inference.tokenize_corpus import tokenize_manifest
 from baichuan_audio_jax.records import read_manifest
-from baichuan_audio_jax.text.tokenizer import train_sentencepiece
+from baichuan_audio_jax.text.tokenizer import load_text_tokenizer, train_sentencepiece
+from baichuan_audio_jax.training.encoder_asr_task import greedy_decode
 from baichuan_audio_jax.training.export import trained_model
 from baichuan_audio_jax.training.metrics import read_metrics
 from baichuan_audio_jax.training.trainer import train
@@ -71,7 +81,23 @@ def scaled_schedule(schedule, from_steps: int, to_steps: int) -> list[list[float
     return [[int(round(s * to_steps / from_steps)), v] for s, v in schedule]
 
 
-def tokenizer_config(demo, workdir_sp: str, text_llm: str) -> ml_collections.ConfigDict:
+def encoder_asr_config(demo, workdir_sp: str) -> ml_collections.ConfigDict:
+    cfg = _run_config("encoder_asr_tiny.py", demo)
+    steps = int(demo.encoder_asr_steps)
+    cfg.steps = steps
+    cfg.checkpoint_every = steps
+    cfg.log_every = max(1, min(int(cfg.log_every), steps // 10 or 1))
+    cfg.data.sources = [demo.train_manifest]
+    cfg.data.tokenizer = workdir_sp
+    cfg.data.speed_perturb = list(demo.encoder_asr_speed_perturb)
+    if not demo.encoder_asr_spec_augment:
+        cfg.train.encoder_asr.freq_masks = cfg.train.encoder_asr.time_masks = 0
+    return cfg
+
+
+def tokenizer_config(demo, workdir_sp: str, text_llm: str, asr_run: str = "") -> ml_collections.ConfigDict:
+    """The audio tokenizer's run; its encoder starts from the ASR-pretrained one (``asr_run``)
+    when there is one, and stays frozen with ``demo.tokenizer_freeze_encoder``."""
     cfg = _run_config("tokenizer_tiny.py", demo)
     steps = int(demo.tokenizer_steps)
     tc = cfg.train.tokenizer
@@ -84,6 +110,9 @@ def tokenizer_config(demo, workdir_sp: str, text_llm: str) -> ml_collections.Con
     cfg.data.sources = [demo.train_manifest]
     cfg.data.tokenizer = workdir_sp
     cfg.init_from.llm = text_llm + "#"
+    if asr_run:
+        cfg.init_from["tokenizer/audio_encoder"] = asr_run + "#audio_encoder"
+        cfg.stage = 1 if demo.tokenizer_freeze_encoder else 0
     return cfg
 
 
@@ -123,6 +152,10 @@ def llm_config(demo, stage: int, shards: dict[str, str], text_tokenizer: str,
     cfg.train.min_learning_rate = float(demo.llm_learning_rate) / 10
     cfg.train.warmup_steps = max(1, min(50, steps // 10))
     cfg.train.weight_decay = float(demo.llm_weight_decay)
+    if stage > 0:
+        cfg.train.embed_dropout = float(demo.llm_embed_dropout)
+        cfg.train.residual_dropout = float(demo.llm_residual_dropout)
+        cfg.train.mlp_dropout = float(demo.llm_mlp_dropout)
     # the audio head runs only where audio frames carry loss (none in pure text)
     cfg.train.max_audio_positions = 1 if stage == 0 else int(demo.llm_audio_positions)
     cfg.init_from.model = init_from
@@ -136,7 +169,8 @@ def loss_summary(workdir: str) -> dict:
     if not rows:
         return {}
     keep = lambda r: {k: round(v, 4) for k, v in r.items()
-                      if k in ("loss", "text_loss", "audio_loss", "mel_mae", "cfm_loss", "prior_loss", "llm_loss")}
+                      if k in ("loss", "text_loss", "audio_loss", "mel_mae", "cfm_loss", "prior_loss", "llm_loss",
+                              "ctc_loss")}
     return {"steps": rows[-1]["step"], "first": {"step": rows[0]["step"], **keep(rows[0])},
             "last": {"step": rows[-1]["step"], **keep(rows[-1])}}
 
@@ -192,8 +226,16 @@ class Demo:
             sp = self.text_tokenizer(model_cfg)
         with self.stage("llm_text"):
             text_llm = self.train(llm_config(demo, 0, {"text": self.text_manifest()}, sp), "llm_text")
+        asr_run = ""
+        if int(demo.encoder_asr_steps) > 0:
+            with self.stage("encoder_asr"):
+                asr_run = self.train(encoder_asr_config(demo, sp), "encoder_asr")
+                self.report["encoder_asr"] = self.evaluate_encoder_asr(asr_run, sp, demo.heldout_manifest)
+                if demo.extra_heldout_manifest:
+                    self.report["encoder_asr"]["extra"] = self.evaluate_encoder_asr(
+                        asr_run, sp, demo.extra_heldout_manifest)
         with self.stage("audio_tokenizer"):
-            tok_run = self.train(tokenizer_config(demo, sp, text_llm), "audio_tokenizer")
+            tok_run = self.train(tokenizer_config(demo, sp, text_llm, asr_run), "audio_tokenizer")
             self.report["audio_tokenizer"] = self.evaluate_tokenizer(tok_run)
         with self.stage("flow_matching"):
             flow_run = self.train(flow_config(demo, tok_run), "flow_matching")
@@ -212,6 +254,11 @@ class Demo:
             self.report["evaluation"] = evaluate_bundle(
                 bundle, demo.heldout_manifest, self.out, asr_utterances=int(demo.asr_utterances),
                 tts_sentences=int(demo.tts_sentences), log=self.log, progress=self.progress)
+            if demo.extra_heldout_manifest:
+                self.log(f"second held-out set: {demo.extra_heldout_manifest}")
+                extra = evaluate_bundle(bundle, demo.extra_heldout_manifest, self.out, tts_sentences=0, log=self.log,
+                                        progress=self.progress)
+                self.report["evaluation_extra"] = {"manifest": demo.extra_heldout_manifest, "asr": extra["asr"]}
         self.report["wall_seconds"]["total"] = round(time.perf_counter() - t_start, 1)
         self.write_report()
         return self.report
@@ -250,6 +297,28 @@ class Demo:
                    "heldout_records": rep["records"], "skipped": rep["skipped"]}
         self.log(f"held-out mel MAE {summary['heldout_mel_mae']}")
         return summary
+
+    def evaluate_encoder_asr(self, asr_run: str, sp: str, manifest: str) -> dict:
+        """Word error rate of the ASR-pretrained encoder's CTC head (greedy best path) on a held-out
+        manifest: how much of the words the encoder's features carry before the tokenizer trains
+        on them."""
+
+
+        model, config, step = trained_model(asr_run)
+        cfg = ModelConfig.from_config(config.model)
+        tok = load_text_tokenizer(sp)
+        pairs = transcripts(manifest)
+        rows = [audio_batch.asr_example(load_audio(a, cfg.audio_encoder.sampling_rate,
+                                                   lowpass_filter_width=ENCODER_LOWPASS_FILTER_WIDTH), cfg, [])
+                for a, _ in pairs]
+        longest = max(int(r["feature_lengths"]) for r in rows)
+        batch = audio_batch.pad_rows(rows, audio_batch.asr_row_shapes(cfg, longest, 1))
+        hyps = [tok.decode([int(i) for i in ids]).strip() for ids in
+                greedy_decode(model, batch["features"], batch["feature_lengths"])]
+        wer = round(word_error_rate([t for _, t in pairs], hyps), 4)
+        self.log(f"encoder CTC head: WER {wer:.1%} over {len(pairs)} utterances of {manifest}")
+        return {"step": step, "heldout_ctc_wer": wer, "utterances": len(pairs),
+                "examples": [{"reference": t, "hypothesis": h} for (_, t), h in list(zip(pairs, hyps))[:8]]}
 
     def tokenize(self, tok_run: str) -> dict[str, str]:
         model, config, _ = trained_model(tok_run)

@@ -14,6 +14,19 @@ def gelu(x: jax.Array) -> jax.Array:
     return jax.nn.gelu(x, approximate=False)
 
 
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+    """Inverted dropout: each element zeroed with probability ``rate``, the rest scaled by
+    1 / (1 − rate); the identity for ``rate`` 0."""
+    if rate <= 0.0:
+        return x
+    if rng is None:
+        raise ValueError(f"dropout at rate {rate} needs a random key")
+    if rate >= 1.0:
+        raise ValueError(f"dropout rate must be below 1, got {rate}")
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype)).astype(x.dtype)
+
+
 class SwiGLU(nnx.Module):
     """down(silu(gate(x)) ⊙ up(x)), no biases."""
 
@@ -23,10 +36,11 @@ class SwiGLU(nnx.Module):
         self.up_proj = Dense(dim, hidden, in_axis="embed", out_axes="mlp", **kw)
         self.down_proj = Dense(hidden, dim, in_axis="mlp", out_axes="embed", **kw)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, dropout_rate: float = 0.0, rng: jax.Array | None = None) -> jax.Array:
+        """``dropout_rate`` > 0 (training, with ``rng``): inverted dropout on the hidden activations."""
         h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
         h = constrain(h, ("activation_batch", "activation_length", "activation_mlp"))
-        return self.down_proj(h)
+        return self.down_proj(dropout(h, dropout_rate, rng))
 
 
 class GeluMLP(nnx.Module):

@@ -29,6 +29,7 @@ from baichuan_audio_jax.layers.attention import GQAttention, KVCache, causal_mas
 from baichuan_audio_jax.layers.embed import Embed
 from baichuan_audio_jax.layers.linear import Dense
 from baichuan_audio_jax.layers.mlp import SwiGLU
+from baichuan_audio_jax.layers.mlp import dropout as apply_dropout
 from baichuan_audio_jax.layers.norms import RMSNorm
 from baichuan_audio_jax.layers.stack import run_stack, stacked
 from baichuan_audio_jax.models.audio_head import NUM_CODEBOOKS, AudioHead
@@ -43,6 +44,21 @@ class LMOutput(NamedTuple):
     cache: KVCache | None  # stacked [L, B, S_max, KV, D] when decoding with a cache
 
 
+class Dropout(NamedTuple):
+    """Training-time dropout of the decoder (rates 0: off). ``embed``: on the input embeddings;
+    ``residual``: on each attention and MLP output before it joins the residual stream; ``mlp``: on
+    the MLP's hidden activations. Attention probabilities are not dropped."""
+
+    rng: jax.Array
+    embed: float = 0.0
+    residual: float = 0.0
+    mlp: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return max(self.embed, self.residual, self.mlp) > 0.0
+
+
 class DecoderLayer(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         c = cfg.llm
@@ -53,10 +69,16 @@ class DecoderLayer(nnx.Module):
         self.post_attn_norm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps, **kw)
         self.mlp = SwiGLU(c.hidden_size, c.intermediate_size, **kw)
 
-    def __call__(self, h, positions, mask, cache=None, cache_index=None):
+    def __call__(self, h, positions, mask, cache=None, cache_index=None, drop: Dropout | None = None):
         a, new_cache = self.attn(self.input_norm(h), positions, mask, cache, cache_index)
-        h = constrain(h + a, _ACT)
-        h = constrain(h + self.mlp(self.post_attn_norm(h)), _ACT)
+        if drop is None:
+            h = constrain(h + a, _ACT)
+            h = constrain(h + self.mlp(self.post_attn_norm(h)), _ACT)
+            return h, new_cache
+        k_attn, k_hidden, k_out = jax.random.split(drop.rng, 3)
+        h = constrain(h + apply_dropout(a, drop.residual, k_attn), _ACT)
+        m = self.mlp(self.post_attn_norm(h), dropout_rate=drop.mlp, rng=k_hidden)
+        h = constrain(h + apply_dropout(m, drop.residual, k_out), _ACT)
         return h, new_cache
 
 
@@ -124,7 +146,7 @@ class AudioLLM(nnx.Module):
                  positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
                  attention_mask: jax.Array | None = None, cache: KVCache | None = None,
                  cache_index: jax.Array | int | None = None, compute_logits: bool = True,
-                 audio_embeds: jax.Array | None = None) -> LMOutput:
+                 audio_embeds: jax.Array | None = None, dropout: Dropout | None = None) -> LMOutput:
         """Forward over [B, S] ids.
 
         * ``positions`` [B, S]: RoPE positions (default 0..S−1, or 0..S−1 after ``cache_index``).
@@ -135,6 +157,7 @@ class AudioLLM(nnx.Module):
           allowed by ``attention_mask``.
         * ``audio_embeds`` [B, S, H]: continuous inputs at ``audio_pad`` positions instead of
           code embeddings (see :meth:`embed`).
+        * ``dropout``: training-time :class:`Dropout` (None or all rates 0: deterministic).
         """
         b, s = input_ids.shape
         offset = 0 if cache is None else cache_index
@@ -154,10 +177,21 @@ class AudioLLM(nnx.Module):
 
         h = self.embed(input_ids, audio_codes, audio_embeds)
 
-        def body(layer, carry, layer_cache):
-            return layer(carry, positions, mask, layer_cache, cache_index)
+        if dropout is not None and dropout.active:
+            keys = jax.random.split(dropout.rng, self.cfg.llm.num_layers + 1)
+            h = apply_dropout(h, dropout.embed, keys[-1])
 
-        h, new_cache = run_stack(self.layers, h, body, xs=cache, scan=self.cfg.scan_layers,
+            def body(layer, carry, xs):
+                layer_cache, key = xs
+                return layer(carry, positions, mask, layer_cache, cache_index, dropout._replace(rng=key))
+
+            xs = (cache, keys[:-1])
+        else:
+            def body(layer, carry, layer_cache):
+                return layer(carry, positions, mask, layer_cache, cache_index)
+
+            xs = cache
+        h, new_cache = run_stack(self.layers, h, body, xs=xs, scan=self.cfg.scan_layers,
                                  remat_policy=self.cfg.remat_policy)
         h = self.norm(h)
         return LMOutput(self.logits(h) if compute_logits else None, h, new_cache)

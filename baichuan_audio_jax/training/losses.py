@@ -89,11 +89,12 @@ def audio_ce_sum(model, hidden: jax.Array, targets: jax.Array, weights: jax.Arra
 
 def audio_llm_loss(model, batch: Mapping[str, jax.Array], denominators: Mapping[str, jax.Array], *,
                    audio_loss_weight: float = 1.0, max_audio_positions: int = 0,
-                   loss_chunk_size: int = 0) -> tuple[jax.Array, dict[str, jax.Array]]:
+                   loss_chunk_size: int = 0, dropout=None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(loss, sums) of one (micro)batch; ``loss`` = text CE + audio_loss_weight · audio CE with
-    the global ``denominators``. ``sums`` are additive over microbatches."""
+    the global ``denominators``. ``sums`` are additive over microbatches. ``dropout``: the
+    decoder's training-time dropout (``models.audio_llm.Dropout``) or None."""
     out = model(batch["input_ids"], batch["audio_codes"], positions=batch["positions"],
-                segment_ids=batch["segment_ids"], compute_logits=False)
+                segment_ids=batch["segment_ids"], compute_logits=False, dropout=dropout)
     text = text_ce_sum(model, out.hidden, batch["text_targets"], batch["text_weights"], loss_chunk_size)
     audio, dropped = audio_ce_sum(model, out.hidden, batch["audio_targets"], batch["audio_weights"],
                                   max_audio_positions)

@@ -24,8 +24,9 @@ The engine (mesh, optimizer, train step, checkpoints, metrics, loop) is generic;
 * ``validate(batch, model_cfg)`` (optional): raises ValueError naming the field when a host
   batch holds values the model cannot take (token ids, codes out of range).
 
-The audio tokenizer (``training/tokenizer_task.py``) and the flow-matching decoder
-(``training/flow_task.py``) are tasks of this interface; register a task with :func:`register`.
+The audio tokenizer (``training/tokenizer_task.py``), the flow-matching decoder
+(``training/flow_task.py``) and the encoder's ASR pretraining (``training/encoder_asr_task.py``)
+are tasks of this interface; register a task with :func:`register`.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ import jax
 import numpy as np
 
 from baichuan_audio_jax import batch as batch_layout
-from baichuan_audio_jax.models.audio_llm import AudioLLM
+from baichuan_audio_jax.models.audio_llm import AudioLLM, Dropout
 from baichuan_audio_jax.training.losses import audio_llm_loss, loss_denominators
 
 
@@ -106,7 +107,8 @@ def parse_stage(stage: int | str) -> int:
 _TASKS: dict[str, Task] = {}
 # Tasks defined in their own modules, imported (and so registered) on first use.
 _LAZY_TASKS = {"audio_tokenizer": "baichuan_audio_jax.training.tokenizer_task",
-               "flow_matching": "baichuan_audio_jax.training.flow_task"}
+               "flow_matching": "baichuan_audio_jax.training.flow_task",
+               "encoder_asr": "baichuan_audio_jax.training.encoder_asr_task"}
 
 
 def register(task: Task) -> Task:
@@ -132,12 +134,15 @@ def _make_audio_llm(model_cfg, rngs):
 
 
 def _audio_llm_loss(model, batch, denominators, rng, train_cfg, step=None):
-    del rng, step  # the audio LLM trains without dropout or schedules
+    del step  # the audio LLM trains without schedules
 
+    rate = lambda key: float(train_cfg.get(key, 0.0) or 0.0)
+    drop = Dropout(rng, embed=rate("embed_dropout"), residual=rate("residual_dropout"), mlp=rate("mlp_dropout"))
     return audio_llm_loss(model, batch, denominators,
                           audio_loss_weight=float(train_cfg.audio_loss_weight),
                           max_audio_positions=int(train_cfg.max_audio_positions),
-                          loss_chunk_size=int(train_cfg.loss_chunk_size))
+                          loss_chunk_size=int(train_cfg.loss_chunk_size),
+                          dropout=drop if drop.active else None)
 
 
 def _audio_llm_denominators(batch, model_cfg=None):

@@ -6,6 +6,8 @@ needed to change or rebuild it, not to use it. It needs the ``espeak-ng`` progra
 
     python -m data_pipelines.demo_corpus.make_corpus            # rewrites the corpus in place
     python -m data_pipelines.demo_corpus.make_corpus --out DIR  # or somewhere else
+    python -m data_pipelines.demo_corpus.make_corpus --extra 48 --seed 7 --out DIR
+        # only DIR/extra.jsonl: 48 new sentences of the grammar, in neither split, same voices/speeds
 
 Steps: :func:`plan_corpus` draws the sentences from :data:`GRAMMAR` and gives each utterance a
 voice and speed (deterministic for a seed, no synthesis); :func:`render` synthesises each one
@@ -148,6 +150,19 @@ def plan_corpus(seed: int = SEED, num_train: int = NUM_TRAIN,
     return split["train"], split["heldout"]
 
 
+def plan_extra(num: int, seed: int, corpus_seed: int = SEED) -> list[Utterance]:
+    """``num`` more held-out utterances: sentences of the grammar in neither split of the corpus
+    planned with ``corpus_seed``, with the same voices and speeds (deterministic for ``seed``). A
+    second held-out set, for checking that a model generalises beyond the bundled one."""
+    train, heldout = plan_corpus(corpus_seed)
+    used = {u.text for u in train + heldout}
+    rng = random.Random(seed)
+    sentences = _sentences(rng, num, used)
+    width = len(str(num))
+    return [Utterance(f"extra_{i + 1:0{width}d}", text, template, voice, speed)
+            for i, ((template, text), (voice, speed)) in enumerate(zip(sentences, _voice_speeds(rng, num)))]
+
+
 # -- synthesis -------------------------------------------------------------------------------------
 def espeak_version() -> str:
     exe = shutil.which("espeak-ng")
@@ -214,9 +229,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=HERE, help="corpus directory (default: this script's directory)")
     p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--extra", type=int, default=0, metavar="N",
+                   help="write only N extra held-out utterances (new sentences) to OUT/extra.jsonl")
     args = p.parse_args(argv)
 
     print(espeak_version())
+    if args.extra > 0:
+        records = render(plan_extra(args.extra, args.seed), args.out, "extra")
+        write_manifest(os.path.join(args.out, "extra.jsonl"), records)
+        print(f"extra: {len(records)} utterances -> {os.path.join(args.out, 'extra.jsonl')}")
+        return 0
     train, heldout = plan_corpus(args.seed)
     audio_dir = os.path.join(args.out, "audio")
     if os.path.isdir(audio_dir):

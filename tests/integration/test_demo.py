@@ -9,12 +9,13 @@ import soundfile as sf
 
 from tests.training_helpers import cli_env, run_cli
 
-SHORT = ["llm_text_steps=2", "tokenizer_steps=3", "flow_steps=2", "llm_stage1_steps=2", "llm_stage2_steps=3",
+SHORT = ["llm_text_steps=2", "encoder_asr_steps=3", "tokenizer_steps=3", "flow_steps=2", "llm_stage1_steps=2",
+         "llm_stage2_steps=3",
          "concatenated_asr=400", "asr_utterances=2", "tts_sentences=1", "llm_batch_size=4", "llm_seq_len=192",
          "model.llm.hidden_size=64", "model.llm.intermediate_size=96", "model.llm.num_layers=1",
          "model.llm.num_heads=2", "model.llm.num_kv_heads=1", "model.llm.head_dim=32", "model.audio_head.head_dim=32"]
-STAGES = ("text_tokenizer", "llm_text", "audio_tokenizer", "flow_matching", "tokenize", "llm_stage1", "llm_stage2",
-          "bundle", "evaluate")
+STAGES = ("text_tokenizer", "llm_text", "encoder_asr", "audio_tokenizer", "flow_matching", "tokenize", "llm_stage1",
+          "llm_stage2", "bundle", "evaluate")
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +30,13 @@ def demo_run(tmp_path_factory):
 def test_report_has_every_number(demo_run):
     out, report, proc = demo_run
     assert set(STAGES) <= set(report["wall_seconds"]) and report["wall_seconds"]["total"] > 0
-    assert set(report["training"]) == {"llm_text", "audio_tokenizer", "flow_matching", "llm_stage1", "llm_stage2"}
+    assert set(report["training"]) == {"llm_text", "encoder_asr", "audio_tokenizer", "flow_matching", "llm_stage1",
+                                       "llm_stage2"}
     for name, run in report["training"].items():
         assert np.isfinite(run["first"]["loss"]) and np.isfinite(run["last"]["loss"]), name
     assert report["training"]["llm_stage2"]["steps"] == 3
+    asr_pretraining = report["encoder_asr"]
+    assert asr_pretraining["utterances"] == 48 and 0 <= asr_pretraining["heldout_ctc_wer"]
     tok = report["audio_tokenizer"]
     assert tok["heldout_records"] == 48 and 0 < tok["heldout_mel_mae"] < 10
     asr, tts = report["evaluation"]["asr"], report["evaluation"]["tts"]
