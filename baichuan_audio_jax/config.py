@@ -704,6 +704,14 @@ def default_run_config() -> ml_collections.ConfigDict:
         max_audio_positions=0,  # audio-head positions evaluated per row (0: seq_len)
         loss_chunk_size=0,  # positions per chunk of the vocabulary CE (0: one chunk)
         peak_flops_per_device=0.0,  # for model FLOPs utilisation (0: not reported)
+        # the `vocoder` task (training/vocoder_task.py): HiFi-GAN loss weights and the discriminators' optimizer
+        vocoder=ml_collections.ConfigDict(dict(
+            mel_weight=45.0,  # generator loss = mel_weight * 24 kHz log-mel L1 + ...
+            feature_weight=2.0,  # ... + feature_weight * discriminator feature matching + ...
+            adversarial_weight=1.0,  # ... + adversarial_weight * least-squares adversarial loss
+            adversarial_start_step=0,  # steps before it: the generator learns from the mel loss alone
+            discriminator_learning_rate=0.0,  # peak LR of the discriminators' AdamW (0: learning_rate)
+        )),
     ))
     cfg.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3, async_save=True))
     return cfg

@@ -3,8 +3,8 @@ from scratch on the bundled demo corpus, then used, in minutes on a laptop CPU.
 
 One model config (``configs/tiny.py``'s, with a slightly deeper LLM) is shared by every run, so
 the trained parts assemble into one model bundle. Each ``*_steps`` is the length of one training
-run; the runs' other settings are those of ``configs/tokenizer_tiny.py``, ``configs/flow_tiny.py``
-and ``configs/tiny.py`` with the data sources of the demo (``demo/pipeline.py`` says which).
+run; the runs' other settings are those of ``configs/tokenizer_tiny.py``, ``configs/flow_tiny.py``,
+``configs/vocoder_demo.py`` and ``configs/tiny.py`` with the data sources of the demo (``demo/pipeline.py`` says which).
 
 Every value can be overridden on the command line (``--config.llm_stage2_steps=300``); the test
 suite runs the same path with a few steps per run.
@@ -27,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     model = load_config(os.path.join(_HERE, "tiny.py")).model
     model.llm.num_layers = 4
+    model.vocoder = load_config(os.path.join(_HERE, "vocoder_demo.py")).model.vocoder
     cfg.model = model
 
     # 0. the LLM pretrained on the transcripts as text (the stand-in for a pretrained text LLM)
@@ -49,7 +50,10 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.itts_utterances = 3  # utterances of one voice and speed joined into an ITTS record
     cfg.concatenated_asr = 3200  # ASR records of two training utterances back to back
 
-    # 4. evaluation with the assembled bundle
+    # 4. the HiFT vocoder (configs/vocoder_demo.py) on the corpus audio (0: none, Griffin-Lim)
+    cfg.vocoder_steps = 300
+
+    # 5. evaluation with the assembled bundle
     cfg.asr_utterances = 0  # held-out utterances transcribed (0: all)
     cfg.tts_sentences = 4  # held-out sentences spoken, written as WAVs and transcribed back
     return cfg

@@ -10,11 +10,12 @@ import soundfile as sf
 from tests.training_helpers import cli_env, run_cli
 
 SHORT = ["llm_text_steps=2", "tokenizer_steps=3", "flow_steps=2", "llm_stage1_steps=2", "llm_stage2_steps=3",
+         "vocoder_steps=2",
          "concatenated_asr=400", "asr_utterances=2", "tts_sentences=1", "llm_batch_size=4", "llm_seq_len=192",
          "model.llm.hidden_size=64", "model.llm.intermediate_size=96", "model.llm.num_layers=1",
          "model.llm.num_heads=2", "model.llm.num_kv_heads=1", "model.llm.head_dim=32", "model.audio_head.head_dim=32"]
 STAGES = ("text_tokenizer", "llm_text", "audio_tokenizer", "flow_matching", "tokenize", "llm_stage1", "llm_stage2",
-          "bundle", "evaluate")
+          "vocoder", "bundle", "evaluate")
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +30,15 @@ def demo_run(tmp_path_factory):
 def test_report_has_every_number(demo_run):
     out, report, proc = demo_run
     assert set(STAGES) <= set(report["wall_seconds"]) and report["wall_seconds"]["total"] > 0
-    assert set(report["training"]) == {"llm_text", "audio_tokenizer", "flow_matching", "llm_stage1", "llm_stage2"}
+    assert set(report["training"]) == {"llm_text", "audio_tokenizer", "flow_matching", "llm_stage1", "llm_stage2",
+                                       "vocoder"}
     for name, run in report["training"].items():
         assert np.isfinite(run["first"]["loss"]) and np.isfinite(run["last"]["loss"]), name
     assert report["training"]["llm_stage2"]["steps"] == 3
+    voc = report["vocoder"]
+    assert voc["steps"] == 2 and voc["heldout_segments"] > 0
+    assert all(np.isfinite(voc[k]) for k in ("heldout_mel_l1", "heldout_mel_l1_untrained",
+                                             "heldout_mel_l1_griffin_lim"))
     tok = report["audio_tokenizer"]
     assert tok["heldout_records"] == 48 and 0 < tok["heldout_mel_mae"] < 10
     asr, tts = report["evaluation"]["asr"], report["evaluation"]["tts"]
@@ -66,4 +72,4 @@ def test_generate_uses_the_bundle_as_is(demo_run, tmp_path):
     proc = run_cli(["generate", "--checkpoint", str(out / "model"), "--mode", "tts", "--text", "open the door",
                     "--out", str(tmp_path / "s.wav"), "--max-new-tokens", "6"], cli_env(1))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "Griffin-Lim" in proc.stderr  # no vocoder is trained: said, not hidden
+    assert "Griffin-Lim" not in proc.stderr  # the bundle carries the trained vocoder

@@ -19,10 +19,12 @@ Stages (each a function of the demo config, writing under the output directory `
 6. ``llm_stage1`` and ``llm_stage2``: the audio LLM's two pretraining stages (§3.3) on the mixture
    of those shards through the Grain pipeline (``OUT/runs/llm_stage1``, ``OUT/runs/llm_stage2``;
    stage 1 starts from the text LLM, stage 2 from stage 1);
-7. ``bundle``: the trained LLM, audio tokenizer and flow-matching decoder, the text tokenizer and
-   the config as one model bundle (``OUT/model``, what ``generate --checkpoint`` reads). No
-   vocoder is trained: speech is rendered from the mel by Griffin-Lim;
-8. ``evaluate``: held-out transcription (word error rate), a few held-out sentences spoken
+7. ``vocoder``: the HiFT vocoder on the corpus audio (``configs/vocoder_demo.py``,
+   :mod:`.vocoder_stage`; ``OUT/runs/vocoder``), with its held-out mel L1;
+8. ``bundle``: the trained LLM, audio tokenizer, flow-matching decoder and vocoder, the text
+   tokenizer and the config as one model bundle (``OUT/model``, what ``generate --checkpoint``
+   reads). With ``vocoder_steps=0`` no vocoder is trained and speech is rendered by Griffin-Lim;
+9. ``evaluate``: held-out transcription (word error rate), a few held-out sentences spoken
    (``OUT/tts_*.wav``) and transcribed back by the same model (round-trip word error rate).
 
 Training runs resume from their checkpoints, so running the demo again into the same ``OUT``
@@ -195,11 +197,15 @@ class Demo:
             stage1 = self.train(llm_config(demo, 1, shards, sp, init_from=text_llm + "#"), "llm_stage1")
         with self.stage("llm_stage2"):
             stage2 = self.train(llm_config(demo, 2, shards, sp, init_from=stage1 + "#"), "llm_stage2")
+        with self.stage("vocoder"):
+            from baichuan_audio_jax.demo.vocoder_stage import train_vocoder
+
+            vocoder_run = train_vocoder(self)
         with self.stage("bundle"):
             from baichuan_audio_jax.demo.assemble import assemble_bundle
 
             bundle = assemble_bundle(self.path("model"), demo.model, llm_run=stage2, tokenizer_run=tok_run,
-                                     flow_run=flow_run, text_tokenizer=sp)
+                                     flow_run=flow_run, text_tokenizer=sp, vocoder_run=vocoder_run)
             self.report["model"] = bundle
         with self.stage("evaluate"):
             from baichuan_audio_jax.demo.evaluation import evaluate_bundle

@@ -23,9 +23,14 @@ The engine (mesh, optimizer, train step, checkpoints, metrics, loop) is generic;
 * ``tokens(batch)``: tokens (or frames) the step trains on (numpy, host side), for tokens/s;
 * ``validate(batch, model_cfg)`` (optional): raises ValueError naming the field when a host
   batch holds values the model cannot take (token ids, codes out of range).
+* ``make_optimizer(train_cfg, labels, total_steps) -> (optax transformation, schedule)``
+  (optional): the task's own optimizer over the ``train``/``frozen``-labelled parameters, e.g. one
+  AdamW per part (the vocoder's generator and discriminators); default
+  :func:`baichuan_audio_jax.training.optimizer.make_optimizer`.
 
-The audio tokenizer (``training/tokenizer_task.py``) and the flow-matching decoder
-(``training/flow_task.py``) are tasks of this interface; register a task with :func:`register`.
+The audio tokenizer (``training/tokenizer_task.py``), the flow-matching decoder
+(``training/flow_task.py``) and the HiFT vocoder (``training/vocoder_task.py``) are tasks of this
+interface; register a task with :func:`register`.
 """
 from __future__ import annotations
 
@@ -71,6 +76,7 @@ class Task:
     validate: Callable[..., None] | None = None
     row_shapes: Callable[[Any], Mapping[str, tuple[type, tuple[int, ...]]]] | None = None
     merge_sums: Callable[[dict, dict], dict] | None = None
+    make_optimizer: Callable[..., Any] | None = None
 
     def fields(self, config) -> dict[str, tuple[type, tuple[int, ...]]]:
         """field -> (dtype, per-row shape) of this task's batches under ``config`` (``row_shapes``
@@ -102,7 +108,8 @@ def parse_stage(stage: int | str) -> int:
 _TASKS: dict[str, Task] = {}
 # Tasks defined in their own modules, imported (and so registered) on first use.
 _LAZY_TASKS = {"audio_tokenizer": "baichuan_audio_jax.training.tokenizer_task",
-               "flow_matching": "baichuan_audio_jax.training.flow_task"}
+               "flow_matching": "baichuan_audio_jax.training.flow_task",
+               "vocoder": "baichuan_audio_jax.training.vocoder_task"}
 
 
 def register(task: Task) -> Task:

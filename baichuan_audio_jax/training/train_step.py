@@ -124,7 +124,7 @@ def build_program(config, mesh: Mesh, task: Task | None = None, *, donate: bool 
     abs_params_dict = nnx.to_pure_dict(abs_params)
     rule = task.trainable(config.stage)
     labels = trainable_labels(abs_params_dict, rule, task.prefix)
-    tx, schedule = make_optimizer(train_cfg, labels, int(config.steps))
+    tx, schedule = (task.make_optimizer or make_optimizer)(train_cfg, labels, int(config.steps))
 
     def init() -> TrainState:
         _, params, rest = _split_model(make())
