@@ -1,7 +1,7 @@
 """The audio input pipeline: manifests → waveforms → padded audio batches, per host, resumable.
 
 ``build_audio_iterator(config, process_index=i, process_count=n)`` is the ``grain_audio`` data
-source of the training engine, for the ``audio_tokenizer`` and ``flow_matching`` tasks. Its
+source of the training engine, for the ``audio_tokenizer``, ``flow_matching`` and ``vocoder`` tasks. Its
 batches follow :mod:`baichuan_audio_jax.audio_batch` (padded log-mel features, mel targets and
 transcript ids with their lengths). It shares the token pipeline's machinery
 (:mod:`data_pipelines.pipeline`): the same ``data.sources`` specs (JSONL manifests here: audio
@@ -18,6 +18,10 @@ Per record:
    and counted by reason;
 3. the transcript is tokenized (``data.tokenizer``) and ends with EOS; longer than
    ``data.text_len`` is skipped as ``sequence_too_long``.
+
+For ``vocoder`` a row is one segment of ``data.seq_len`` 24 kHz mel frames (× 480 samples) of a
+recording resampled to the vocoder's rate, cut at an offset drawn per element and epoch
+(:class:`VocoderSegment`); recordings shorter than a segment are skipped as ``too_short``.
 """
 from __future__ import annotations
 
