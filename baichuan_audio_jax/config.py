@@ -711,6 +711,9 @@ def default_run_config() -> ml_collections.ConfigDict:
             adversarial_weight=1.0,  # ... + adversarial_weight * least-squares adversarial loss
             adversarial_start_step=0,  # steps before it: the generator learns from the mel loss alone
             discriminator_learning_rate=0.0,  # peak LR of the discriminators' AdamW (0: learning_rate)
+            periods=[2, 3, 5, 7, 11],  # multi-period discriminator: one sub-discriminator per period
+            # multi-resolution spectrogram discriminator: one per [n_fft, hop, window]
+            resolutions=[[1024, 120, 600], [2048, 240, 1200], [512, 50, 240]],
         )),
     ))
     cfg.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3, async_save=True))

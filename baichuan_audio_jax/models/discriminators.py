@@ -51,10 +51,12 @@ class DiscriminatorConfig:
     lrelu_slope: float = 0.1
 
     @classmethod
-    def for_generator(cls, vocoder: VocoderConfig) -> "DiscriminatorConfig":
-        """The widths for a generator of ``vocoder.base_channels`` (512: HiFi-GAN's own)."""
+    def for_generator(cls, vocoder: VocoderConfig, **overrides) -> "DiscriminatorConfig":
+        """The widths for a generator of ``vocoder.base_channels`` (512: HiFi-GAN's own);
+        ``overrides``: other ``periods`` / ``resolutions`` (tuples)."""
         scale = min(1.0, vocoder.base_channels / 512)
-        base = cls()
+        base = cls(**{k: tuple(tuple(x) if isinstance(x, (list, tuple)) else x for x in v)
+                      for k, v in overrides.items()})
         return dataclasses.replace(
             base, period_channels=tuple(max(4, int(round(c * scale))) for c in base.period_channels),
             spec_channels=max(8, int(round(base.spec_channels * scale))))

@@ -4,8 +4,10 @@ The engine (mesh, optimizer, train step, checkpoints, metrics, loop) is generic;
 
 * ``prefix``: the name under which the model's parameter paths appear in labels and reports
   (``llm/audio_head/...``);
-* ``make_model(model_cfg, rngs)``: builds the ``nnx.Module`` (its ``nnx.Param`` variables are
-  trained, every other variable is *model state*, checkpointed but outside the gradient);
+* ``make_model(model_cfg, rngs, **model_options(config))``: builds the ``nnx.Module`` (its
+  ``nnx.Param`` variables are trained, every other variable is *model state*, checkpointed but
+  outside the gradient); ``model_options`` (optional) reads training-only structure from the run
+  config (e.g. the vocoder's discriminators);
 * ``batch_fields``: field -> (dtype, trailing shape) of a ``[B, S, ...]`` batch; or, for batches
   whose fields have lengths of their own (audio frames, mel frames, transcript tokens),
   ``row_shapes(config)``: field -> (dtype, per-row shape), see :meth:`Task.fields`;
@@ -77,6 +79,7 @@ class Task:
     row_shapes: Callable[[Any], Mapping[str, tuple[type, tuple[int, ...]]]] | None = None
     merge_sums: Callable[[dict, dict], dict] | None = None
     make_optimizer: Callable[..., Any] | None = None
+    model_options: Callable[[Any], dict] | None = None
 
     def fields(self, config) -> dict[str, tuple[type, tuple[int, ...]]]:
         """field -> (dtype, per-row shape) of this task's batches under ``config`` (``row_shapes``

@@ -50,7 +50,8 @@ DISCRIMINATOR = "discriminator"  # optimizer label of the discriminators' parame
 
 # train.vocoder defaults (a run config may omit the section or any key)
 DEFAULTS = dict(mel_weight=45.0, feature_weight=2.0, adversarial_weight=1.0, adversarial_start_step=0,
-                discriminator_learning_rate=0.0)
+                discriminator_learning_rate=0.0, periods=DiscriminatorConfig.periods,
+                resolutions=DiscriminatorConfig.resolutions)
 
 
 def vocoder_options(train_cfg) -> dict:
@@ -66,7 +67,8 @@ class VocoderTraining(nnx.Module):
     """The generator (``generator``: exactly the reference ``HiFTGenerator``) and its training
     discriminators (``discriminator``)."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, periods=DiscriminatorConfig.periods,
+                 resolutions=DiscriminatorConfig.resolutions):
         if cfg.vocoder.hop_length != cfg.flow_matching.hop_length or \
                 cfg.vocoder.sampling_rate != cfg.flow_matching.sampling_rate:
             raise ValueError(f"model.vocoder (hop {cfg.vocoder.hop_length}, {cfg.vocoder.sampling_rate} Hz) does not "
@@ -74,11 +76,19 @@ class VocoderTraining(nnx.Module):
                              f"{cfg.flow_matching.sampling_rate} Hz)")
         self.mel_cfg = cfg.flow_matching
         self.generator = HiFTGenerator(cfg.vocoder, rngs=rngs)
-        self.discriminator = VocoderDiscriminator(DiscriminatorConfig.for_generator(cfg.vocoder), rngs=rngs)
+        disc = DiscriminatorConfig.for_generator(cfg.vocoder, periods=periods, resolutions=resolutions)
+        self.discriminator = VocoderDiscriminator(disc, rngs=rngs)
 
 
-def make_model(model_cfg: ModelConfig, rngs: nnx.Rngs) -> VocoderTraining:
-    return VocoderTraining(model_cfg, rngs=rngs)
+def make_model(model_cfg: ModelConfig, rngs: nnx.Rngs, **options) -> VocoderTraining:
+    return VocoderTraining(model_cfg, rngs=rngs, **options)
+
+
+def model_options(config) -> dict:
+    """The discriminators' periods and (n_fft, hop, window) resolutions from ``train.vocoder``."""
+    opt = vocoder_options(config.train)
+    return dict(periods=tuple(int(p) for p in opt["periods"]),
+                resolutions=tuple(tuple(int(x) for x in r) for r in opt["resolutions"]))
 
 
 def denominators(batch: Mapping[str, jax.Array], model_cfg: ModelConfig) -> dict[str, jax.Array]:
@@ -172,7 +182,8 @@ def flops_per_step(model_cfg: ModelConfig, batch_size: int, seq_len: int, train_
         gen += 2 * len(c.source_resblock_dilation_sizes[i]) * _conv_flops(
             c.source_resblock_kernel_sizes[i], cout, cout, length)
     gen += _conv_flops(7, c.base_channels // 2 ** len(c.upsample_rates), c.istft_n_fft + 2, length)
-    d = DiscriminatorConfig.for_generator(c)
+    d = DiscriminatorConfig.for_generator(c, **(model_options(ml_collections.ConfigDict(dict(train=train_cfg)))
+                                                  if train_cfg is not None else {}))
     samples = t * c.hop_length
     disc = 0.0
     for _ in d.periods:
@@ -207,4 +218,5 @@ VOCODER = register(Task(
     validate=validate,
     row_shapes=row_shapes,
     make_optimizer=make_optimizer,
+    model_options=model_options,
 ))
