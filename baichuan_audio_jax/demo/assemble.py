@@ -17,6 +17,7 @@ from flax import nnx
 
 from baichuan_audio_jax.bundle import save_bundle
 from baichuan_audio_jax.config import ModelConfig
+from baichuan_audio_jax.demo.vocoder_stage import trained_generator
 
 # (bundle component, training task, attribute of the trained part in that task's model; "" = the model)
 PARTS = (("llm", "audio_llm", ""), ("audio_tokenizer", "audio_tokenizer", "tokenizer"),
@@ -48,10 +49,6 @@ def assemble_bundle(path: str, model_config: ml_collections.ConfigDict, *, llm_r
         if want != got:
             raise ValueError(f"{runs[component]}: the trained {component} does not match the model config")
         setattr(model, component, part)
-    vocoder = None
-    if vocoder_run:
-        from baichuan_audio_jax.demo.vocoder_stage import trained_generator
-
-        vocoder = trained_generator(vocoder_run, model_config)
+    vocoder = trained_generator(vocoder_run, model_config) if vocoder_run else None
     return save_bundle(os.path.abspath(path), model_config, model, vocoder=vocoder, tokenizer=text_tokenizer,
                        source=source, overwrite=True)

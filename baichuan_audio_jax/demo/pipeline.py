@@ -198,9 +198,9 @@ class Demo:
         with self.stage("llm_stage2"):
             stage2 = self.train(llm_config(demo, 2, shards, sp, init_from=stage1 + "#"), "llm_stage2")
         with self.stage("vocoder"):
-            from baichuan_audio_jax.demo.vocoder_stage import train_vocoder
+            from baichuan_audio_jax.demo.vocoder_stage import train_vocoder  # lazy: CLI start-up speed
 
-            vocoder_run = train_vocoder(self)
+            vocoder_run = train_vocoder(self, CONFIGS_DIR)
         with self.stage("bundle"):
             from baichuan_audio_jax.demo.assemble import assemble_bundle
 

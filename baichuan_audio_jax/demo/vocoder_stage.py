@@ -19,9 +19,15 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from baichuan_audio_jax.audio.mel24k import MelGeometry, log_mel_24k
+from baichuan_audio_jax.audio.io import load_audio
+from baichuan_audio_jax.audio.mel24k import MelGeometry, log_mel_24k, log_mel_numpy
 from baichuan_audio_jax.config import FlowMatchingConfig, ModelConfig, load_config
+from baichuan_audio_jax.inference.griffin_lim import griffin_lim_wave
 from baichuan_audio_jax.models.hift import HiFTGenerator
+from baichuan_audio_jax.records import read_manifest, resolve_audio_path
+from baichuan_audio_jax.training.export import trained_model
+from baichuan_audio_jax.training.metrics import read_metrics
+from baichuan_audio_jax.training.vocoder_task import make_model
 
 CONFIG_FILE = "vocoder_demo.py"
 RUN_NAME = "vocoder"
@@ -47,8 +53,6 @@ def vocoder_run_config(demo: ml_collections.ConfigDict, configs_dir: str) -> ml_
 
 def trained_generator(run: str, model_config: ml_collections.ConfigDict | None = None) -> HiFTGenerator:
     """The HiFT generator of a ``vocoder`` run (checked against ``model_config`` if given)."""
-    from baichuan_audio_jax.training.export import trained_model
-
     trained, run_config, _ = trained_model(run)
     if str(run_config.task) != "vocoder":
         raise ValueError(f"{run} trained task {run_config.task!r}, not 'vocoder'")
@@ -62,9 +66,6 @@ def trained_generator(run: str, model_config: ml_collections.ConfigDict | None =
 def heldout_segments(manifest: str, rate: int, samples: int, limit: int = 0) -> np.ndarray:
     """The first ``samples`` samples (at ``rate``) of each utterance of ``manifest`` long enough
     to hold them, ``[N, samples]`` (at most ``limit`` rows; 0: all)."""
-    from baichuan_audio_jax.audio.io import load_audio
-    from baichuan_audio_jax.records import read_manifest, resolve_audio_path
-
     rows = []
     for _, rec in read_manifest(manifest):
         if not isinstance(rec, dict) or not isinstance(rec.get("audio"), str):
@@ -95,9 +96,6 @@ def generator_mel_l1(generator: HiFTGenerator, waves: np.ndarray, mel_cfg: FlowM
 
 def griffin_lim_mel_l1(waves: np.ndarray, mel_cfg: FlowMatchingConfig) -> float:
     """The same measure for Griffin-Lim phase reconstruction of the mel."""
-    from baichuan_audio_jax.audio.mel24k import log_mel_numpy
-    from baichuan_audio_jax.inference.griffin_lim import griffin_lim_wave
-
     geometry = MelGeometry.of(mel_cfg)
     errors = []
     for i, wave in enumerate(waves):
@@ -107,19 +105,16 @@ def griffin_lim_mel_l1(waves: np.ndarray, mel_cfg: FlowMatchingConfig) -> float:
     return float(np.mean(errors))
 
 
-def train_vocoder(demo: Any) -> str | None:
-    """Trains the demo's vocoder (a :class:`~baichuan_audio_jax.demo.pipeline.Demo` runs it) and
+def train_vocoder(demo: Any, configs_dir: str) -> str | None:
+    """Trains the demo's vocoder (a :class:`~baichuan_audio_jax.demo.pipeline.Demo` runs it;
+    ``configs_dir`` holds ``vocoder_demo.py``) and
     records its held-out mel L1 in ``demo.report["vocoder"]``; returns the run (None when
     ``vocoder_steps`` is 0: the bundle then has no vocoder and speaks through Griffin-Lim)."""
-    from baichuan_audio_jax.demo.pipeline import CONFIGS_DIR
-    from baichuan_audio_jax.training.metrics import read_metrics
-    from baichuan_audio_jax.training.vocoder_task import make_model
-
     config = demo.config
     if int(config.get("vocoder_steps", 0) or 0) <= 0:
         demo.log("vocoder_steps is 0: no vocoder is trained (speech through Griffin-Lim)")
         return None
-    run_cfg = vocoder_run_config(config, CONFIGS_DIR)
+    run_cfg = vocoder_run_config(config, configs_dir)
     run = demo.train(run_cfg, RUN_NAME)
     cfg = ModelConfig.from_config(run_cfg.model)
     waves = heldout_segments(config.heldout_manifest, cfg.vocoder.sampling_rate, EVAL_FRAMES * cfg.vocoder.hop_length)

@@ -25,6 +25,8 @@ import numpy as np
 from flax import nnx
 
 from baichuan_audio_jax.config import ModelConfig, reference_config_from_model
+from baichuan_audio_jax.conversion.tables.vocoder import vocoder_table
+from baichuan_audio_jax.conversion.torch_io import TensorSpec, file_writer
 
 # task -> (attribute of the trained model, table functions of the part)
 _PARTS = {
@@ -38,7 +40,6 @@ VOCODER_FILE = "hift.safetensors"
 def _tables(kind: str, cfg: ModelConfig):
     from baichuan_audio_jax.conversion.tables.audio_tokenizer import audio_tokenizer_tables
     from baichuan_audio_jax.conversion.tables.flow_matching import flow_matching_table
-    from baichuan_audio_jax.conversion.tables.vocoder import vocoder_table
 
     if kind == "vocoder":
         return [vocoder_table(cfg.vocoder)]
@@ -72,8 +73,6 @@ def reference_tensors(model: nnx.Module, task: str, cfg: ModelConfig) -> dict[st
 
 def write_vocoder_file(tensors: dict[str, np.ndarray], path: str) -> None:
     """One ``hift.pt``-layout file: ``.safetensors``, or ``.pt``/``.bin``/``.pth`` (needs torch)."""
-    from baichuan_audio_jax.conversion.torch_io import TensorSpec, file_writer
-
     writer = file_writer(path, [TensorSpec(k, tuple(v.shape), v.dtype) for k, v in tensors.items()])
     try:
         for k, v in tensors.items():

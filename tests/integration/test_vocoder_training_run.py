@@ -19,10 +19,12 @@ import pytest
 import soundfile as sf
 from flax import nnx
 
+from baichuan_audio_jax.audio.io import load_audio
 from baichuan_audio_jax.config import ModelConfig, load_config
 from baichuan_audio_jax.conversion.tables.vocoder import vocoder_table
 from baichuan_audio_jax.conversion.torch_io import read_tensors
 from baichuan_audio_jax.conversion.vocoder import load_vocoder, vocoder_config_from_tensors
+from baichuan_audio_jax.records import read_manifest, resolve_audio_path
 from baichuan_audio_jax.training.export import export_run, trained_model
 from baichuan_audio_jax.training.metrics import read_metrics
 from data_pipelines.demo_corpus import TRAIN_MANIFEST
@@ -37,9 +39,6 @@ OVERRIDES = [f"steps={STEPS}", "log_every=1", "checkpoint_every=4", "checkpoint.
 
 def _segments_manifest(directory) -> str:
     """Two recordings exactly one segment long (so every batch holds the same two segments)."""
-    from baichuan_audio_jax.audio.io import load_audio
-    from baichuan_audio_jax.records import read_manifest, resolve_audio_path
-
     lines = []
     for i, (_, rec) in enumerate(read_manifest(TRAIN_MANIFEST)):
         if i == 2:
