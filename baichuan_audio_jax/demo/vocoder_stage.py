@@ -5,7 +5,7 @@ demo's model config for ``vocoder_steps`` steps on the training manifest (``OUT/
 then measures the 24 kHz log-mel L1 of mel → waveform → mel on held-out utterances for the
 untrained generator, the trained one and Griffin-Lim (the fallback it replaces), and records
 them in the demo report. The bundle stage adds the trained generator as the bundle's vocoder
-(:func:`trained_generator`).
+(:func:`trained_generator`) when it beats Griffin-Lim on that measure (``in_bundle``).
 """
 from __future__ import annotations
 
@@ -108,8 +108,9 @@ def griffin_lim_mel_l1(waves: np.ndarray, mel_cfg: FlowMatchingConfig) -> float:
 def train_vocoder(demo: Any, configs_dir: str) -> str | None:
     """Trains the demo's vocoder (a :class:`~baichuan_audio_jax.demo.pipeline.Demo` runs it;
     ``configs_dir`` holds ``vocoder_demo.py``) and
-    records its held-out mel L1 in ``demo.report["vocoder"]``; returns the run (None when
-    ``vocoder_steps`` is 0: the bundle then has no vocoder and speaks through Griffin-Lim)."""
+    records its held-out mel L1 in ``demo.report["vocoder"]``; returns the run to bundle, or None
+    (``vocoder_steps`` 0, or a vocoder worse than Griffin-Lim: the bundle then has no vocoder and
+    speaks through Griffin-Lim)."""
     config = demo.config
     if int(config.get("vocoder_steps", 0) or 0) <= 0:
         demo.log("vocoder_steps is 0: no vocoder is trained (speech through Griffin-Lim)")
@@ -128,7 +129,11 @@ def train_vocoder(demo: Any, configs_dir: str) -> str | None:
         "train_mel_l1_first": round(rows[0]["mel_l1"], 4) if rows else None,
         "train_mel_l1_last": round(rows[-1]["mel_l1"], 4) if rows else None,
     }
+    # A vocoder still worse than Griffin-Lim on this measure would make the demo's speech worse:
+    # it stays out of the bundle (said in the report) until it is trained longer.
+    summary["in_bundle"] = summary["heldout_mel_l1"] < summary["heldout_mel_l1_griffin_lim"]
     demo.report["vocoder"] = summary
     demo.log(f"vocoder held-out mel L1: {summary['heldout_mel_l1_untrained']} untrained -> "
-             f"{summary['heldout_mel_l1']} trained (Griffin-Lim {summary['heldout_mel_l1_griffin_lim']})")
-    return run
+             f"{summary['heldout_mel_l1']} trained (Griffin-Lim {summary['heldout_mel_l1_griffin_lim']}); "
+             + ("bundled" if summary["in_bundle"] else "not bundled: Griffin-Lim renders the demo's speech"))
+    return run if summary["in_bundle"] else None
