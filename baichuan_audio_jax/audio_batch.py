@@ -19,6 +19,9 @@ field              per-row shape (padded size)                  content
 ``mel_lengths``      []                                         T = 4N − 1
 =================  ===========================================  ====================================
 
+The ``vocoder`` task's rows hold only ``wave`` [S]: S = ``data.seq_len`` × 480 samples of audio at
+the vocoder's rate (24 kHz), a random segment of one recording (its mel is taken on the device).
+
 with E = encoder frames of L, N = ⌊E/4⌋ audio tokens and N' = ⌈E'/4⌉ the bridge's padded
 groups for the padded length (the model's output shapes for a padded input).
 
@@ -131,6 +134,12 @@ def flow_row_shapes(model: ModelConfig, seq_len: int) -> dict[str, tuple[type, t
     return dict(
         features=(np.float32, (seq_len, model.audio_encoder.num_mel_bins)), feature_lengths=(np.int32, ()),
         mel=(np.float32, (g.decoder_frames, model.flow_matching.in_channels)), mel_lengths=(np.int32, ()))
+
+
+def vocoder_row_shapes(model: ModelConfig, seq_len: int) -> dict[str, tuple[type, tuple]]:
+    """The ``vocoder`` task's rows: ``wave``, a segment of ``seq_len`` 24 kHz mel frames (50 Hz)
+    of audio at the vocoder's rate (``seq_len`` × hop samples)."""
+    return dict(wave=(np.float32, (int(seq_len) * model.vocoder.hop_length,)))
 
 
 class TargetTooShort(ValueError):

@@ -3,8 +3,8 @@ from scratch on the bundled demo corpus, then used, in minutes on a laptop CPU.
 
 One model config (``configs/tiny.py``'s, with a slightly deeper LLM) is shared by every run, so
 the trained parts assemble into one model bundle. Each ``*_steps`` is the length of one training
-run; the runs' other settings are those of ``configs/tokenizer_tiny.py``, ``configs/flow_tiny.py``
-and ``configs/tiny.py`` with the data sources of the demo (``demo/pipeline.py`` says which).
+run; the runs' other settings are those of ``configs/tokenizer_tiny.py``, ``configs/flow_tiny.py``,
+``configs/vocoder_demo.py`` and ``configs/tiny.py`` with the data sources of the demo (``demo/pipeline.py`` says which).
 
 Every value can be overridden on the command line (``--config.llm_stage2_steps=300``); the test
 suite runs the same path with a few steps per run.
@@ -27,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     model = load_config(os.path.join(_HERE, "tiny.py")).model
     model.llm.num_layers = 4
+    model.vocoder = load_config(os.path.join(_HERE, "vocoder_demo.py")).model.vocoder
     cfg.model = model
 
     # 0. the LLM pretrained on the transcripts as text (the stand-in for a pretrained text LLM)
@@ -58,6 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.mixture = ml_collections.ConfigDict(dict(asr=0.2, asr_concatenated=0.45, tts=0.2, itts=0.15))
     cfg.itts_utterances = 3  # utterances of one voice and speed joined into an ITTS record
     cfg.concatenated_asr = 3200  # ASR records of two training utterances back to back
+
+    # 4. the HiFT vocoder (configs/vocoder_demo.py) on the corpus audio (0: none, Griffin-Lim)
+    cfg.vocoder_steps = 0  # 300 trains one; at demo scale it does not yet beat Griffin-Lim (docs/vocoder_training.md)
 
     # 5. evaluation with the assembled bundle
     cfg.asr_utterances = 0  # held-out utterances transcribed (0: all)

@@ -1,9 +1,9 @@
 """The audio input pipeline: manifests → waveforms → padded audio batches, per host, resumable.
 
 ``build_audio_iterator(config, process_index=i, process_count=n)`` is the ``grain_audio`` data
-source of the training engine, for the ``audio_tokenizer``, ``flow_matching`` and ``encoder_asr``
-tasks. Its batches follow :mod:`baichuan_audio_jax.audio_batch` (padded log-mel features, mel targets and
-transcript ids with their lengths). It shares the token pipeline's machinery
+source of the training engine, for the ``audio_tokenizer``, ``flow_matching``, ``encoder_asr``
+and ``vocoder`` tasks. Its batches follow :mod:`baichuan_audio_jax.audio_batch` (padded log-mel
+features, mel targets and transcript ids with their lengths). It shares the token pipeline's machinery
 (:mod:`data_pipelines.pipeline`): the same ``data.sources`` specs (JSONL manifests here: audio
 must be decoded), per-host sharding (host i reads items i, i + n, …), per-epoch shuffling,
 weighted mixing, skip counting by reason and the resumable iterator state.
@@ -25,6 +25,10 @@ empty: off): each record, every time it is read, is played at one of the factors
 16 kHz waveform is resampled to ``16 kHz / factor`` (rounded to 400 Hz) and read as 16 kHz again,
 which changes tempo and pitch together, as speed perturbation for ASR does. The length limits
 apply to the perturbed audio. Not for ``flow_matching``, whose target is read from the file again.
+
+For ``vocoder`` a row is one segment of ``data.seq_len`` 24 kHz mel frames (× 480 samples) of a
+recording resampled to the vocoder's rate, cut at an offset drawn per element and epoch
+(:class:`VocoderSegment`); recordings shorter than a segment are skipped as ``too_short``.
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ from data_pipelines.pipeline import TrainIterator, _seed, source_specs, train_it
 from data_pipelines.skips import CountSkipsIterDataset, RecordError, Skip
 from data_pipelines.sources import JsonlSource, parse_line
 
-TASKS = ("audio_tokenizer", "flow_matching", "encoder_asr")
+TASKS = ("audio_tokenizer", "flow_matching", "encoder_asr", "vocoder")
 SPEED_RATE_STEP = 400  # Hz: perturbed rates are multiples of it, so the resampler's period stays short
 
 
@@ -84,14 +88,18 @@ class AudioExample:
         except AudioError as e:
             raise RecordError(e.reason, str(e)) from None
 
-    def _build(self, item, speed: float = 1.0) -> dict:
+    def _record(self, item) -> tuple[dict, str]:
+        """(record, resolved audio path) of a manifest line."""
         _, line = item
         record = parse_line(line)
         validate(record)
         ref = record.get("audio")
         if not isinstance(ref, str) or not ref:
             raise RecordError("invalid_record", "the record has no 'audio' reference (a single audio file)")
-        path = resolve_audio_path(self.source.path, ref)
+        return record, resolve_audio_path(self.source.path, ref)
+
+    def _build(self, item, speed: float = 1.0) -> dict:
+        record, path = self._record(item)
         enc = self.model.audio_encoder
         wav = self._load(path, enc.sampling_rate, ENCODER_LOWPASS_FILTER_WIDTH)
         if speed != 1.0:
@@ -141,6 +149,30 @@ class RandomSpeed:
         return self.example(item, self.factors[int(rng.integers(len(self.factors)))])
 
 
+class VocoderSegment(AudioExample):
+    """Manifest line → a segment of ``segment`` samples at the vocoder's rate, starting at a
+    random offset drawn from the per-element generator of ``random_map`` (so each epoch cuts
+    other segments, reproducibly); recordings shorter than a segment are skipped (``too_short``)."""
+
+    def __init__(self, source: JsonlSource, model: ModelConfig, *, segment: int, max_seconds: float):
+        super().__init__(source, model, "vocoder", max_samples=0, max_seconds=max_seconds, text_len=0)
+        self.segment = segment
+
+    def __call__(self, item, rng: np.random.Generator):
+        origin = self.source.origin(item)
+        try:
+            _, path = self._record(item)
+            rate = self.model.vocoder.sampling_rate
+            wav = self._load(path, rate)
+            if wav.shape[0] < self.segment:
+                raise RecordError("too_short", f"{path}: {wav.shape[0]} samples at {rate} Hz, shorter than one "
+                                               f"training segment ({self.segment}, data.seq_len)")
+            start = int(rng.integers(0, wav.shape[0] - self.segment + 1))
+            return {"wave": np.asarray(wav[start:start + self.segment], np.float32)}
+        except RecordError as e:
+            return Skip.of(e, origin)
+
+
 class PadBatch:
     """Examples → one padded host batch (:func:`baichuan_audio_jax.audio_batch.pad_rows`)."""
 
@@ -161,6 +193,8 @@ def row_shapes(config: ml_collections.ConfigDict) -> dict:
         return audio_batch.tokenizer_row_shapes(model, int(config.data.seq_len), int(config.data.text_len))
     if task == "encoder_asr":
         return audio_batch.asr_row_shapes(model, int(config.data.seq_len), int(config.data.text_len))
+    if task == "vocoder":
+        return audio_batch.vocoder_row_shapes(model, int(config.data.seq_len))
     raise ValueError(f"data.source='grain_audio' serves the tasks {list(TASKS)}, not {task!r}")
 
 
@@ -175,7 +209,7 @@ def build_audio_iterator(config: ml_collections.ConfigDict, *, process_index: in
     seq_len = int(data.seq_len)
     enc = model.audio_encoder
     max_frames = audio_batch.log_mel_config(model).max_frames
-    if seq_len > max_frames:
+    if seq_len > max_frames and task != "vocoder":
         raise ValueError(f"data.seq_len={seq_len} log-mel frames exceed one encoder chunk ({max_frames} frames, "
                          f"model.audio_encoder.max_audio_seconds={enc.max_audio_seconds})")
     tokenizer_path = str(data.get("tokenizer", "") or "") if task in ("audio_tokenizer", "encoder_asr") else ""
@@ -213,6 +247,13 @@ def build_audio_iterator(config: ml_collections.ConfigDict, *, process_index: in
         if data.shuffle:
             ds = ds.shuffle(seed=_seed(seed, i))
         ds = ds.repeat(epochs if epochs > 0 else None)
+        if task == "vocoder":
+            segment = shapes["wave"][1][0]
+            max_audio = float(data.get("max_audio_seconds", 0) or 0)
+            datasets.append(ds.random_map(VocoderSegment(source, model, segment=segment,
+                                                          max_seconds=max_audio or None),
+                                          seed=_seed(seed, i) + 1))
+            continue
         example = AudioExample(source, model, task, max_samples=max_samples, max_seconds=max_seconds,
                                text_len=int(data.get("text_len", 0) or 0), tokenizer_path=tokenizer_path)
         if speeds and speeds != [1.0]:

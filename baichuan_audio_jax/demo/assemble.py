@@ -2,7 +2,9 @@
 
 The audio LLM (with its audio head) comes from an ``audio_llm`` run, the audio tokenizer from an
 ``audio_tokenizer`` run and the flow-matching decoder from a ``flow_matching`` run; all must have
-trained the same model config. The result is the bundle ``generate --checkpoint`` reads.
+trained the same model config. The result is the bundle ``generate --checkpoint`` reads. A
+``vocoder`` run, if given, adds its HiFT generator as the bundle's vocoder (speech is then rendered
+by it instead of Griffin-Lim).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from flax import nnx
 
 from baichuan_audio_jax.config import ModelConfig
 from baichuan_audio_jax.conversion.bundle import save_bundle
+from baichuan_audio_jax.demo.vocoder_stage import trained_generator
 from baichuan_audio_jax.models.baichuan_audio import BaichuanAudio
 from baichuan_audio_jax.training.export import trained_model
 
@@ -28,7 +31,7 @@ def _canonical(config: ml_collections.ConfigDict) -> str:
 
 
 def assemble_bundle(path: str, model_config: ml_collections.ConfigDict, *, llm_run: str, tokenizer_run: str,
-                    flow_run: str, text_tokenizer: str, source: str = "demo") -> str:
+                    flow_run: str, text_tokenizer: str, source: str = "demo", vocoder_run: str | None = None) -> str:
     """Writes (replacing) the bundle at ``path``; returns its path."""
 
     cfg = ModelConfig.from_config(model_config)
@@ -46,5 +49,6 @@ def assemble_bundle(path: str, model_config: ml_collections.ConfigDict, *, llm_r
         if want != got:
             raise ValueError(f"{runs[component]}: the trained {component} does not match the model config")
         setattr(model, component, part)
-    return save_bundle(os.path.abspath(path), model_config, model, tokenizer=text_tokenizer, source=source,
-                       overwrite=True)
+    vocoder = trained_generator(vocoder_run, model_config) if vocoder_run else None
+    return save_bundle(os.path.abspath(path), model_config, model, vocoder=vocoder, tokenizer=text_tokenizer,
+                       source=source, overwrite=True)

@@ -25,10 +25,13 @@ Stages (each a function of the demo config, writing under the output directory `
 7. ``llm_stage1`` and ``llm_stage2``: the audio LLM's two pretraining stages (§3.3) on the mixture
    of those shards through the Grain pipeline (``OUT/runs/llm_stage1``, ``OUT/runs/llm_stage2``;
    stage 1 starts from the text LLM, stage 2 from stage 1), with the dropout rates of the config;
-8. ``bundle``: the trained LLM, audio tokenizer and flow-matching decoder, the text tokenizer and
-   the config as one model bundle (``OUT/model``, what ``generate --checkpoint`` reads). No
-   vocoder is trained: speech is rendered from the mel by Griffin-Lim;
-9. ``evaluate``: held-out transcription (word error rate), a few held-out sentences spoken
+8. ``vocoder``: the HiFT vocoder on the corpus audio (``configs/vocoder_demo.py``,
+   :mod:`.vocoder_stage`; ``OUT/runs/vocoder``), with its held-out mel L1 (``vocoder_steps=0``,
+   the default: skipped);
+9. ``bundle``: the trained LLM, audio tokenizer, flow-matching decoder and (when it beats
+   Griffin-Lim) vocoder, the text tokenizer and the config as one model bundle (``OUT/model``,
+   what ``generate --checkpoint`` reads). Without a vocoder speech is rendered by Griffin-Lim;
+10. ``evaluate``: held-out transcription (word error rate), a few held-out sentences spoken
    (``OUT/tts_*.wav``) and transcribed back by the same model (round-trip word error rate).
 
 Training runs resume from their checkpoints, so running the demo again into the same ``OUT``
@@ -53,7 +56,9 @@ from baichuan_audio_jax.audio.whisper_logmel import ENCODER_LOWPASS_FILTER_WIDTH
 from baichuan_audio_jax.config import ModelConfig, load_config
 from baichuan_audio_jax.demo.assemble import assemble_bundle
 from baichuan_audio_jax.demo.corpus import transcripts, write_concatenated_asr, write_task_manifests
-from baichuan_audio_jax.demo.evaluation import evaluate_bundle, word_error_rate
+from baichuan_audio_jax.demo.evaluation import evaluate_bundle
+from baichuan_audio_jax.demo.vocoder_stage import train_vocoder
+from baichuan_audio_jax.evaluation.metrics import wer as word_error_rate
 from baichuan_audio_jax.evaluation.tokenizer_metrics import evaluate_manifest
 from baichuan_audio_jax.inference.audio_tokenizer import AudioTokenizerRuntime
 from baichuan_audio_jax.inference.tokenize_corpus import tokenize_manifest
@@ -245,12 +250,13 @@ class Demo:
             stage1 = self.train(llm_config(demo, 1, shards, sp, init_from=text_llm + "#"), "llm_stage1")
         with self.stage("llm_stage2"):
             stage2 = self.train(llm_config(demo, 2, shards, sp, init_from=stage1 + "#"), "llm_stage2")
+        with self.stage("vocoder"):
+            vocoder_run = train_vocoder(self, CONFIGS_DIR)
         with self.stage("bundle"):
             bundle = assemble_bundle(self.path("model"), demo.model, llm_run=stage2, tokenizer_run=tok_run,
-                                     flow_run=flow_run, text_tokenizer=sp)
+                                     flow_run=flow_run, text_tokenizer=sp, vocoder_run=vocoder_run)
             self.report["model"] = bundle
         with self.stage("evaluate"):
-
             self.report["evaluation"] = evaluate_bundle(
                 bundle, demo.heldout_manifest, self.out, asr_utterances=int(demo.asr_utterances),
                 tts_sentences=int(demo.tts_sentences), log=self.log, progress=self.progress)

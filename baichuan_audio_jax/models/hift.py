@@ -95,6 +95,9 @@ def istft(spec: jax.Array, n_fft: int, hop: int) -> jax.Array:
     f = spec.shape[1]
     env = np.zeros(n_fft + hop * (f - 1), np.float32)
     np.add.at(env, (np.arange(f)[:, None] * hop + np.arange(n_fft)[None, :]).ravel(), np.tile(window * window, f))
+    # The first and last samples (window value 0) are cut below; dividing them by 1 instead of 0
+    # leaves the result unchanged and keeps the gradient finite (0/0 would poison it with NaN).
+    env = np.where(env > 1e-11, env, np.float32(1.0))
     pad = n_fft // 2
     return (y / env)[:, pad:y.shape[1] - pad]
 

@@ -7,7 +7,12 @@ conversion tables (:mod:`baichuan_audio_jax.conversion.tables`) to reference nam
 (``audio_tokenizer.audio_model.*``, ``.audio_bridge_model.*``, ``.audio_decoder.*``,
 ``.audio_flow_matching_decoder.*``) in the reference layouts (Linear ``[out, in]``, Conv1d
 ``[out, in, k]``, ConvTranspose1d ``[in, out, k]``). Training-only parts (the alignment LLM, its
-adapter, code-usage counters) are not part of the reference model and are left out.
+adapter, code-usage counters, the vocoder's discriminators) are not part of the reference model
+and are left out.
+
+A ``vocoder`` run's generator is the reference ``HiFTGenerator``: :func:`export_run` writes it as
+one file in the ``hift.pt`` layout (``HiFTGenerator.state_dict()`` names, weight norm as
+``weight_g``/``weight_v``), ``hift.safetensors`` or, with the torch extra, ``hift.pt``.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ from baichuan_audio_jax.config import ModelConfig, reference_config_from_model
 from baichuan_audio_jax.conversion.mapping import combine_tables, export_tensors
 from baichuan_audio_jax.conversion.tables.audio_tokenizer import audio_tokenizer_tables
 from baichuan_audio_jax.conversion.tables.flow_matching import flow_matching_table
+from baichuan_audio_jax.conversion.tables.vocoder import vocoder_table
+from baichuan_audio_jax.conversion.torch_io import TensorSpec, file_writer
 from baichuan_audio_jax.sharding import make_mesh
 from baichuan_audio_jax.training.initial_weights import run_state
 
@@ -32,10 +39,15 @@ from baichuan_audio_jax.training.initial_weights import run_state
 _PARTS = {
     "audio_tokenizer": [("tokenizer", "audio_tokenizer")],
     "flow_matching": [("tokenizer", "audio_tokenizer"), ("flow", "flow_matching")],
+    "vocoder": [("generator", "vocoder")],
 }
+VOCODER_FILE = "hift.safetensors"
 
 
 def _tables(kind: str, cfg: ModelConfig):
+
+    if kind == "vocoder":
+        return [vocoder_table(cfg.vocoder)]
     return list(audio_tokenizer_tables(cfg)) if kind == "audio_tokenizer" else [flow_matching_table(cfg)]
 
 
@@ -61,9 +73,23 @@ def reference_tensors(model: nnx.Module, task: str, cfg: ModelConfig) -> dict[st
     return out
 
 
-def export_run(workdir: str, out_dir: str, step: int | None = None, dtype: str = "float32") -> dict:
+def write_vocoder_file(tensors: dict[str, np.ndarray], path: str) -> None:
+    """One ``hift.pt``-layout file: ``.safetensors``, or ``.pt``/``.bin``/``.pth`` (needs torch)."""
+    writer = file_writer(path, [TensorSpec(k, tuple(v.shape), v.dtype) for k, v in tensors.items()])
+    try:
+        for k, v in tensors.items():
+            writer.write(k, v)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+
+
+def export_run(workdir: str, out_dir: str, step: int | None = None, dtype: str = "float32",
+               vocoder_file: str = VOCODER_FILE) -> dict:
     """Writes ``out_dir/model.safetensors`` (reference names and layouts) and ``out_dir/config.json``
-    (reference format) for a training run; returns a summary."""
+    (reference format) for a training run — for a ``vocoder`` run ``out_dir/<vocoder_file>``
+    (``hift.safetensors`` or ``hift.pt``) instead; returns a summary."""
 
     model, config, at = trained_model(workdir, step)
     cfg = ModelConfig.from_config(config.model)
@@ -71,6 +97,11 @@ def export_run(workdir: str, out_dir: str, step: int | None = None, dtype: str =
     if dtype != "float32":
         tensors = {k: v.astype(np.dtype(dtype)) for k, v in tensors.items()}
     os.makedirs(out_dir, exist_ok=True)
+    if str(config.task) == "vocoder":
+        path = os.path.join(out_dir, vocoder_file)
+        write_vocoder_file(tensors, path)
+        return dict(task="vocoder", step=at, tensors=len(tensors),
+                    elements=int(sum(v.size for v in tensors.values())), out=path)
     save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(reference_config_from_model(cfg, torch_dtype=dtype), f, indent=1)

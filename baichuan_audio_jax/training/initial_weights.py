@@ -8,6 +8,7 @@
     init_from.llm = "bundles/qwen_tiny#llm"                 # a model bundle (convert / train export)
     init_from.llm = "runs/audio_llm_tiny#"                  # '#' alone: the source's whole model
     init_from.model = "runs/stage1#"                         # 'model': this run's whole model
+    init_from.generator = "bundles/demo#vocoder"             # a bundle's vocoder (vocoder task)
 
 ``model`` names this run's whole model (unless the model has a part of that name): an audio-LLM
 stage-2 run starts from a stage-1 run with ``init_from.model = "RUN#"``, or from a bundle's
@@ -109,9 +110,12 @@ def _source_parts(location: str, part: str, mesh) -> tuple[Any, Any]:
     """(parameters, other model state) of ``part`` of the model at ``location`` as pure dicts."""
 
     if is_bundle(location):
-        model = load_bundle(location, vocoder=False).model
-        sub = model
-        for name in [p for p in part.split("/") if p]:
+        names = [p for p in part.split("/") if p]
+        if names[:1] == ["vocoder"]:  # the bundle's HiFT vocoder, e.g. init_from.generator = "BUNDLE#vocoder"
+            sub, names = load_bundle(location, components=[], vocoder=True).vocoder, names[1:]
+        else:
+            sub = load_bundle(location, vocoder=False).model
+        for name in names:
             if not hasattr(sub, name):
                 raise ValueError(f"bundle {location} has no part {part!r} (missing {name!r})")
             sub = getattr(sub, name)

@@ -4,8 +4,10 @@ The engine (mesh, optimizer, train step, checkpoints, metrics, loop) is generic;
 
 * ``prefix``: the name under which the model's parameter paths appear in labels and reports
   (``llm/audio_head/...``);
-* ``make_model(model_cfg, rngs)``: builds the ``nnx.Module`` (its ``nnx.Param`` variables are
-  trained, every other variable is *model state*, checkpointed but outside the gradient);
+* ``make_model(model_cfg, rngs, **model_options(config))``: builds the ``nnx.Module`` (its
+  ``nnx.Param`` variables are trained, every other variable is *model state*, checkpointed but
+  outside the gradient); ``model_options`` (optional) reads training-only structure from the run
+  config (e.g. the vocoder's discriminators);
 * ``batch_fields``: field -> (dtype, trailing shape) of a ``[B, S, ...]`` batch; or, for batches
   whose fields have lengths of their own (audio frames, mel frames, transcript tokens),
   ``row_shapes(config)``: field -> (dtype, per-row shape), see :meth:`Task.fields`;
@@ -23,10 +25,15 @@ The engine (mesh, optimizer, train step, checkpoints, metrics, loop) is generic;
 * ``tokens(batch)``: tokens (or frames) the step trains on (numpy, host side), for tokens/s;
 * ``validate(batch, model_cfg)`` (optional): raises ValueError naming the field when a host
   batch holds values the model cannot take (token ids, codes out of range).
+* ``make_optimizer(train_cfg, labels, total_steps) -> (optax transformation, schedule)``
+  (optional): the task's own optimizer over the ``train``/``frozen``-labelled parameters, e.g. one
+  AdamW per part (the vocoder's generator and discriminators); default
+  :func:`baichuan_audio_jax.training.optimizer.make_optimizer`.
 
 The audio tokenizer (``training/tokenizer_task.py``), the flow-matching decoder
-(``training/flow_task.py``) and the encoder's ASR pretraining (``training/encoder_asr_task.py``)
-are tasks of this interface; register a task with :func:`register`.
+(``training/flow_task.py``), the encoder's ASR pretraining (``training/encoder_asr_task.py``) and
+the HiFT vocoder (``training/vocoder_task.py``) are tasks of this interface; register a task with
+:func:`register`.
 """
 from __future__ import annotations
 
@@ -76,6 +83,8 @@ class Task:
     validate: Callable[..., None] | None = None
     row_shapes: Callable[[Any], Mapping[str, tuple[type, tuple[int, ...]]]] | None = None
     merge_sums: Callable[[dict, dict], dict] | None = None
+    make_optimizer: Callable[..., Any] | None = None
+    model_options: Callable[[Any], dict] | None = None
 
     def fields(self, config) -> dict[str, tuple[type, tuple[int, ...]]]:
         """field -> (dtype, per-row shape) of this task's batches under ``config`` (``row_shapes``
@@ -108,7 +117,8 @@ _TASKS: dict[str, Task] = {}
 # Tasks defined in their own modules, imported (and so registered) on first use.
 _LAZY_TASKS = {"audio_tokenizer": "baichuan_audio_jax.training.tokenizer_task",
                "flow_matching": "baichuan_audio_jax.training.flow_task",
-               "encoder_asr": "baichuan_audio_jax.training.encoder_asr_task"}
+               "encoder_asr": "baichuan_audio_jax.training.encoder_asr_task",
+               "vocoder": "baichuan_audio_jax.training.vocoder_task"}
 
 
 def register(task: Task) -> Task:

@@ -117,14 +117,15 @@ def build_program(config, mesh: Mesh, task: Task | None = None, *, donate: bool 
     if accum < 1 or rows % accum:
         raise ValueError(f"train.grad_accum_steps={accum} must be >= 1 and divide data.batch_size={rows}")
 
-    make = lambda: task.make_model(model_cfg, nnx.Rngs(seed))
+    options = task.model_options(config) if task.model_options is not None else {}
+    make = lambda: task.make_model(model_cfg, nnx.Rngs(seed), **options)
     graphdef, abs_params, abs_rest = _split_model(nnx.eval_shape(make))
     param_sh = mesh_lib.variable_shardings(abs_params, mesh)
     rest_sh = mesh_lib.variable_shardings(abs_rest, mesh)
     abs_params_dict = nnx.to_pure_dict(abs_params)
     rule = task.trainable(config.stage)
     labels = trainable_labels(abs_params_dict, rule, task.prefix)
-    tx, schedule = make_optimizer(train_cfg, labels, int(config.steps))
+    tx, schedule = (task.make_optimizer or make_optimizer)(train_cfg, labels, int(config.steps))
 
     def init() -> TrainState:
         _, params, rest = _split_model(make())

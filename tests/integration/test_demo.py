@@ -15,7 +15,7 @@ SHORT = ["llm_text_steps=2", "encoder_asr_steps=3", "tokenizer_steps=3", "flow_s
          "model.llm.hidden_size=64", "model.llm.intermediate_size=96", "model.llm.num_layers=1",
          "model.llm.num_heads=2", "model.llm.num_kv_heads=1", "model.llm.head_dim=32", "model.audio_head.head_dim=32"]
 STAGES = ("text_tokenizer", "llm_text", "encoder_asr", "audio_tokenizer", "flow_matching", "tokenize", "llm_stage1",
-          "llm_stage2", "bundle", "evaluate")
+          "llm_stage2", "vocoder", "bundle", "evaluate")
 
 
 @pytest.fixture(scope="module")
@@ -70,4 +70,5 @@ def test_generate_uses_the_bundle_as_is(demo_run, tmp_path):
     proc = run_cli(["generate", "--checkpoint", str(out / "model"), "--mode", "tts", "--text", "open the door",
                     "--out", str(tmp_path / "s.wav"), "--max-new-tokens", "6"], cli_env(1))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "Griffin-Lim" in proc.stderr  # no vocoder is trained: said, not hidden
+    # no vocoder is trained by default (vocoder_steps=0): speech through Griffin-Lim, said, not hidden
+    assert "vocoder" not in report and "Griffin-Lim" in proc.stderr
