@@ -98,6 +98,12 @@ class LLMConfig(_FromDict):
     max_position_embeddings: int = 8192
     qkv_bias: bool = True
     tie_word_embeddings: bool = False
+    # Attention kernel of the LLM's self-attention (same numbers, different memory/speed):
+    # "einsum" (reference: scores materialised), "xla" (jax.nn.dot_product_attention; cuDNN on
+    # GPU), "splash" (Pallas splash attention, TPU; interpret mode elsewhere), "auto" (splash
+    # on TPU, xla on GPU, einsum on CPU). Only training-shaped calls (no KV cache, no padding
+    # mask) use a fused kernel; the rest always take the reference path.
+    attention_impl: str = "auto"
     pad_token_id: int = 0
 
 

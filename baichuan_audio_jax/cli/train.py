@@ -27,6 +27,9 @@ def run(args: argparse.Namespace) -> int:
     from baichuan_audio_jax.training.trainer import train
 
     config = load_config(args.config, args.config_overrides)
+    from baichuan_audio_jax.training import compile_cache  # lazy: CLI start-up speed
+
+    compile_cache.enable()
     if args.coordinator:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     train(config, args.workdir, progress=not args.no_progress)

@@ -25,7 +25,15 @@ import numpy as np
 from flax import nnx
 
 from baichuan_audio_jax.config import ModelConfig
-from baichuan_audio_jax.layers.attention import GQAttention, KVCache, causal_mask, key_padding_mask, segment_mask
+from baichuan_audio_jax.layers.attention import (
+    CausalSegments,
+    GQAttention,
+    KVCache,
+    causal_mask,
+    key_padding_mask,
+    resolve_attention_impl,
+    segment_mask,
+)
 from baichuan_audio_jax.layers.embed import Embed
 from baichuan_audio_jax.layers.linear import Dense
 from baichuan_audio_jax.layers.mlp import SwiGLU
@@ -35,6 +43,11 @@ from baichuan_audio_jax.models.audio_head import NUM_CODEBOOKS, AudioHead
 from baichuan_audio_jax.sharding import constrain
 
 _ACT = ("activation_batch", "activation_length", "activation_embed")
+
+
+def _rows(ndim: int) -> tuple[str, ...]:
+    """Logical names of a [batch, positions..., H] activation of rank ``ndim`` + 1."""
+    return ("activation_batch",) + ("activation_length",) * (ndim - 1) + ("activation_embed",)
 
 
 class LMOutput(NamedTuple):
@@ -49,7 +62,7 @@ class DecoderLayer(nnx.Module):
         kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
         self.input_norm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps, **kw)
         self.attn = GQAttention(c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
-                                rope_theta=c.rope_theta, qkv_bias=c.qkv_bias, **kw)
+                                rope_theta=c.rope_theta, qkv_bias=c.qkv_bias, attention_impl=c.attention_impl, **kw)
         self.post_attn_norm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps, **kw)
         self.mlp = SwiGLU(c.hidden_size, c.intermediate_size, **kw)
 
@@ -87,7 +100,7 @@ class AudioLLM(nnx.Module):
         out = None
         for k in range(NUM_CODEBOOKS):
             ids = jnp.clip(codes[..., k], 0, self.cfg.codebook_sizes[k])
-            e = self.audio_embed[k](ids)
+            e = constrain(self.audio_embed[k](ids), _rows(ids.ndim))
             out = e if out is None else out + e
         return out
 
@@ -99,7 +112,7 @@ class AudioLLM(nnx.Module):
         if audio_codes is not None and audio_embeds is not None:
             raise ValueError("give audio_codes or audio_embeds, not both")
         ids = jnp.clip(input_ids, 0, self.cfg.llm.vocab_size - 1)
-        x = self.embed_tokens(ids)
+        x = constrain(self.embed_tokens(ids), _rows(ids.ndim))
         is_audio = (input_ids == self.cfg.tokens.audio_pad_token_id)[..., None]
         if audio_codes is not None:
             x = jnp.where(is_audio, self.audio_frame_embedding(audio_codes), x)
@@ -141,6 +154,10 @@ class AudioLLM(nnx.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(s)[None, :] + offset, (b, s))
         t_k = s if cache is None else cache.k.shape[2]
+        if cache is None and attention_mask is None and resolve_attention_impl(self.cfg.llm.attention_impl) != "einsum":
+            # Training layout: a fused kernel builds the causal/segment mask itself.
+            return self._forward(input_ids, audio_codes, audio_embeds, positions, CausalSegments(segment_ids),
+                                 cache, cache_index, compute_logits)
         mask = causal_mask(s, t_k, offset)
         if segment_ids is not None:
             if cache is not None:
@@ -151,15 +168,21 @@ class AudioLLM(nnx.Module):
                 raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} keys, expected {t_k}")
             mask = mask & key_padding_mask(attention_mask, s)
         mask = jnp.broadcast_to(mask, (b, s, t_k))
+        return self._forward(input_ids, audio_codes, audio_embeds, positions, mask, cache, cache_index,
+                             compute_logits)
 
-        h = self.embed(input_ids, audio_codes, audio_embeds)
+    def _forward(self, input_ids, audio_codes, audio_embeds, positions, mask, cache, cache_index,
+                 compute_logits) -> LMOutput:
+        with jax.named_scope("embeddings"):
+            h = self.embed(input_ids, audio_codes, audio_embeds)
 
         def body(layer, carry, layer_cache):
             return layer(carry, positions, mask, layer_cache, cache_index)
 
-        h, new_cache = run_stack(self.layers, h, body, xs=cache, scan=self.cfg.scan_layers,
-                                 remat_policy=self.cfg.remat_policy)
-        h = self.norm(h)
+        with jax.named_scope("llm_layers"):
+            h, new_cache = run_stack(self.layers, h, body, xs=cache, scan=self.cfg.scan_layers,
+                                     remat_policy=self.cfg.remat_policy)
+            h = constrain(self.norm(h), _ACT)
         return LMOutput(self.logits(h) if compute_logits else None, h, new_cache)
 
     def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:

@@ -41,6 +41,11 @@ def loss_denominators(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
 
 def text_ce_sum(model, hidden: jax.Array, targets: jax.Array, weights: jax.Array, chunk: int = 0) -> jax.Array:
     """Σ w·CE of the LM head over [B, S] positions, logits built ``chunk`` positions at a time."""
+    with jax.named_scope("lm_head_loss"):
+        return _text_ce_sum(model, hidden, targets, weights, chunk)
+
+
+def _text_ce_sum(model, hidden, targets, weights, chunk):
     b, s, h = hidden.shape
     if not chunk or chunk >= s:
         return jnp.sum(cross_entropy(model.logits(hidden), targets) * weights)
@@ -75,15 +80,16 @@ def audio_ce_sum(model, hidden: jax.Array, targets: jax.Array, weights: jax.Arra
                  max_positions: int) -> tuple[jax.Array, jax.Array]:
     """Σ w·CE over (position, codebook) of the teacher-forced audio head; returns (sum, dropped)."""
     k = min(max_positions or hidden.shape[1], hidden.shape[1])
-    idx, valid, dropped = gather_audio_positions(weights, k)
-    take = lambda x: jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
-    h = constrain(take(hidden), ("activation_batch", "activation_length", "activation_embed"))
-    t = take(targets)
-    w = take(weights) * valid[..., None]
-    logits = model.audio_logits(h, t)
-    total = jnp.zeros((), jnp.float32)
-    for c, lg in enumerate(logits):
-        total = total + jnp.sum(cross_entropy(lg, t[..., c]) * w[..., c])
+    with jax.named_scope("audio_head"):
+        idx, valid, dropped = gather_audio_positions(weights, k)
+        take = lambda x: jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+        h = constrain(take(hidden), ("activation_batch", "activation_length", "activation_embed"))
+        t = constrain(take(targets), ("activation_batch", "activation_length", "activation_codebooks"))
+        w = take(weights) * valid[..., None]
+        logits = model.audio_logits(h, t)
+        total = jnp.zeros((), jnp.float32)
+        for c, lg in enumerate(logits):
+            total = total + jnp.sum(cross_entropy(lg, t[..., c]) * w[..., c])
     return total, dropped
 
 
