@@ -124,11 +124,16 @@ def resolve_attention_impl(impl: str) -> str:
         raise ValueError(f"model.llm.attention_impl={impl!r}: expected one of {ATTENTION_IMPLS}")
     if impl != "auto":
         return impl
-    platform = jax.default_backend()
+    return {"tpu": "splash", "gpu": "xla", "cuda": "xla", "rocm": "xla"}.get(_platform(), "einsum")
+
+
+def _platform() -> str:
+    """The platform code is traced for: the current mesh's devices (which may be a TPU slice
+    compiled ahead of time from a CPU machine), else the default backend."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh is not None and not mesh.empty and getattr(mesh, "abstract_device", None) is not None:
-        platform = mesh.abstract_device.platform
-    return {"tpu": "splash", "gpu": "xla", "cuda": "xla", "rocm": "xla"}.get(platform, "einsum")
+        return mesh.abstract_device.platform
+    return jax.default_backend()
 
 
 def _xla_attention(q, k, v, mask: CausalSegments, scale: float) -> jax.Array:
@@ -173,7 +178,7 @@ def _splash_local(q, k, v, segment_ids, scale: float, interpret: bool) -> jax.Ar
 def _splash_attention(q, k, v, mask: CausalSegments, scale: float) -> jax.Array:
     """Splash attention under the current mesh: a ``shard_map`` with rows on the batch axes and
     heads on ``tensor`` (when both q and KV heads divide), the kernel per device."""
-    interpret = jax.default_backend() != "tpu"
+    interpret = _platform() != "tpu"
     mesh = jax.sharding.get_abstract_mesh()
     seg = mask.segment_ids
     if mesh is None or mesh.empty:

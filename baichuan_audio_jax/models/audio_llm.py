@@ -120,9 +120,19 @@ class AudioLLM(nnx.Module):
             x = jnp.where(is_audio, audio_embeds.astype(x.dtype), x)
         return constrain(x, _ACT)
 
-    def logits(self, hidden: jax.Array) -> jax.Array:
+    def gathered_output_weight(self) -> jax.Array | None:
+        """The untied LM head's kernel [H, vocab] in the compute dtype, whole on the fsdp axes
+        (vocab stays split by ``activation_vocab``): computed once and passed to :meth:`logits`
+        for every loss chunk. None for tied embeddings."""
+        if self.lm_head is None:
+            return None
+        return constrain(self.lm_head.kernel[...].astype(self.dtype), ("activation_embed", "activation_vocab"))
+
+    def logits(self, hidden: jax.Array, gathered: jax.Array | None = None) -> jax.Array:
         if self.lm_head is None:
             out = self.embed_tokens.attend(hidden)
+        elif gathered is not None:  # the same product as Dense.__call__ (the LM head has no bias)
+            out = jax.lax.dot_general(hidden.astype(self.dtype), gathered, (((hidden.ndim - 1,), (0,)), ((), ())))
         else:
             out = self.lm_head(hidden)
         return constrain(out, ("activation_batch", "activation_length", "activation_vocab"))

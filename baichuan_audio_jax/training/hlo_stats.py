@@ -27,9 +27,9 @@ _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16
                 "s4": 1, "u4": 1}
 _ARRAY = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\]")
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s+([a-z][a-z0-9\-]*)\((.*)$")
-_COMP = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
-_CALLS = re.compile(r"\b(?:body|condition|to_apply|calls|true_computation|false_computation|branch_computations)="
-                    r"\{?%?([\w.\-]+(?:,\s*%?[\w.\-]+)*)\}?")
+_COMP = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")  # computation headers start at column 0
+_CALLS = re.compile(r"\b(body|condition|to_apply|calls|true_computation|false_computation|branch_computations)="
+                    r"(?:\{([^}]*)\}|%?([\w.\-]+))")
 _TRIP = re.compile(r'known_trip_count[^0-9]*"?n"?\s*:\s*"?([0-9]+)')
 
 
@@ -57,6 +57,10 @@ def _arrays(shape_text: str) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def _group_size(rest: str) -> int:
+    m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", rest)  # mesh['a'=2,'b'=2] {'b'}
+    if m:
+        sizes = dict(re.findall(r"'([^']+)'=([0-9]+)", m.group(1)))
+        return int(np.prod([int(sizes.get(a, 1)) for a in re.findall(r"'([^']+)'", m.group(2))] or [1]))
     m = re.search(r"replica_groups=\{\{([0-9,]*)\}", rest)
     if m:
         return max(1, len([x for x in m.group(1).split(",") if x]))
@@ -76,9 +80,9 @@ def _loop_multipliers(lines: list[str]) -> dict[str, int]:
     entry = None
     for line in lines:
         m = _COMP.match(line)
-        if m and "=" not in line.split("{")[0]:
+        if m:
             comp = m.group(1)
-            if line.lstrip().startswith("ENTRY"):
+            if line.startswith("ENTRY"):
                 entry = comp
             continue
         if comp is None:
@@ -88,8 +92,8 @@ def _loop_multipliers(lines: list[str]) -> dict[str, int]:
             t = _TRIP.search(line)
             trip = int(t.group(1)) if t else 1
         for cm in _CALLS.finditer(line):
-            for callee in re.split(r",\s*%?", cm.group(1)):
-                edges[comp].append((callee.lstrip("%"), trip if cm.group(0).startswith("body") else 1))
+            for callee in re.split(r",\s*", cm.group(2) or cm.group(3)):
+                edges[comp].append((callee.strip().lstrip("%"), trip if cm.group(1) == "body" else 1))
     mult: dict[str, int] = {}
 
     def visit(name: str, factor: int, depth: int = 0) -> None:
@@ -112,7 +116,7 @@ def collectives(hlo_text: str) -> list[Collective]:
     comp = None
     for line in lines:
         m = _COMP.match(line)
-        if m and "=" not in line.split("{")[0]:
+        if m:
             comp = m.group(1)
             continue
         im = _INSTR.match(line)

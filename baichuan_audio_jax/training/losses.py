@@ -56,10 +56,15 @@ def _text_ce_sum(model, hidden, targets, weights, chunk):
     def split(x):  # [B, S, ...] -> [n, B, chunk, ...]
         return jnp.moveaxis(x.reshape(b, n, chunk, *x.shape[2:]), 1, 0)
 
+    # The LM head's weight is gathered (fsdp) once, outside the checkpointed chunk body, so the
+    # chunks and their recomputation in the backward pass reuse it instead of gathering it again.
+    gathered = model.gathered_output_weight() if hasattr(model, "gathered_output_weight") else None
+    logits_of = model.logits if gathered is None else (lambda hc: model.logits(hc, gathered))
+
     @jax.checkpoint
     def one(carry, xs):
         hc, tc, wc = xs
-        return carry + jnp.sum(cross_entropy(model.logits(hc), tc) * wc), None
+        return carry + jnp.sum(cross_entropy(logits_of(hc), tc) * wc), None
 
     total, _ = jax.lax.scan(one, jnp.zeros((), jnp.float32), (split(hidden), split(targets), split(weights)))
     return total

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import os
 import re
 import tempfile
@@ -219,14 +220,27 @@ def _top_buffers(dump_dir: str, hlo_text: str, n: int = 10) -> list[Buffer]:
     return out[:n]
 
 
+def _stable_dump_dir(config, name: str) -> str | None:
+    """With the compilation cache on, the buffer dump lives beside it, keyed by config and slice:
+    a program loaded from the cache is not compiled (nor dumped) again, its dump is reused."""
+    cache = jax.config.jax_compilation_cache_dir
+    if not cache:
+        return None
+    key = hashlib.sha1((config.to_json(sort_keys=True) + name).encode()).hexdigest()[:16]
+    path = os.path.join(cache, "plan_dumps", key)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 def plan_for_devices(config, devices: list, name: str, hbm_bytes: int | None = None, *,
-                     chip: Chip | None = None, buffers: bool = True) -> Plan:
+                     chip: Chip | None = None, buffers: bool = True, dump_dir: str | None = None) -> Plan:
     """Compiles the train step of ``config`` on a mesh over ``devices`` (abstract TPU devices or
     real ones) without running it; raises if it does not compile (e.g. out of HBM)."""
     mesh = mesh_from_config(config.mesh, devices=devices)
     program = build_program(config, mesh)
     lowered = program.step.lower(program.abstract_state, program.abstract_batch())
-    with tempfile.TemporaryDirectory(prefix="plan_dump_") as dump:
+    with tempfile.TemporaryDirectory(prefix="plan_dump_") as tmp:
+        dump = dump_dir or _stable_dump_dir(config, name) or tmp
         options = {"xla_dump_to": dump, "xla_dump_hlo_as_text": True, "xla_dump_hlo_module_re": "train_step"} \
             if buffers else None
         t0 = time.perf_counter()

@@ -78,11 +78,11 @@ def compiled():
 
 
 def test_temporaries_shrink_with_fsdp(compiled):
-    """fsdp 8 holds an eighth of the audio rows per device: temporaries < 30% of fsdp 1's
-    (unconstrained, the head's activations stay whole on every device: ~60%)."""
+    """fsdp 8 holds an eighth of the audio rows per device: temporaries < 25% of fsdp 1's
+    (measured 11%; unconstrained, the head's activations stay whole on every device: 62%)."""
     one = compiled[1].memory_analysis().temp_size_in_bytes
     eight = compiled[8].memory_analysis().temp_size_in_bytes
-    assert eight < 0.3 * one, f"per-device temporaries fsdp 8: {eight} B, fsdp 1: {one} B"
+    assert eight < 0.25 * one, f"per-device temporaries fsdp 8: {eight} B, fsdp 1: {one} B"
 
 
 def test_no_activation_sized_collective_in_audio_head(compiled):
@@ -91,9 +91,12 @@ def test_no_activation_sized_collective_in_audio_head(compiled):
     whole_rows = [c for c in colls if AUDIO_ROWS in c.dims or AUDIO_ROWS * 8 in c.dims]
     assert not whole_rows, "collectives over all audio rows (activations not split by rows):\n" + "\n".join(
         f"{c.kind} {c.shapes} {c.op_name}" for c in whole_rows)
-    # One device's share of one depth activation [B·K/8, 8, H] in float32.
-    share = AUDIO_ROWS // 8 * 8 * 128 * 4
-    big = [c for c in colls if c.kind == "all-reduce" and c.bytes >= share]
+    # Half of one whole depth activation [B·K, 8, H] in float32 (6 MiB): larger than any weight
+    # gradient of the tiny head (the FFN's [8, 128, 256] is 1 MiB), far below what an
+    # unconstrained head all-reduces ([B·K, 8, 2, 64] and [8, B·K, 256] arrays).
+    activation = AUDIO_ROWS * 8 * 128 * 4
+    big = [c for c in colls if c.kind == "all-reduce"
+           and max(4 * int(np.prod(dims)) for _, dims in c.shapes) >= activation // 2]
     assert not big, "activation-sized all-reduces:\n" + "\n".join(f"{c.shapes} {c.op_name}" for c in big)
 
 
