@@ -126,6 +126,15 @@ class AudioHead(nnx.Module):
 
         Leading batch dimensions may be more than one (e.g. [B, S, H] and [B, S, 8]).
         """
+        out: list[jax.Array | None] = [None] * NUM_CODEBOOKS
+        for ks, lg in self.grouped_logits(x, codes, audio_embed):
+            for j, k in enumerate(ks):
+                out[k] = lg[..., j, :]
+        return out
+
+    def grouped_logits(self, x: jax.Array, codes: jax.Array, audio_embed: Sequence[Embed]
+                       ) -> list[tuple[tuple[int, ...], jax.Array]]:
+        """As :meth:`__call__`, grouped by equal codebook size: [(codebooks, logits [..., G, C+1])]."""
         lead = x.shape[:-1]
         with jax.named_scope("audio_head"):
             x2 = constrain(x.reshape(-1, x.shape[-1]), _ROWS)
@@ -134,7 +143,26 @@ class AudioHead(nnx.Module):
             y, _ = run_stack(self.layers, y, lambda layer, c, _: (layer(c), None), scan=self.scan,
                              remat_policy=self.remat_policy)
             y = constrain(self.headnorm(y), _DEPTH)
-            return [constrain(self.heads[k](y[:, k]), _LOGITS).reshape(*lead, -1) for k in range(NUM_CODEBOOKS)]
+            return [(ks, lg.reshape(*lead, *lg.shape[1:])) for ks, lg in self.classify(y)]
+
+    def codebook_groups(self) -> list[tuple[int, ...]]:
+        """Codebooks with equal class counts, in order (real sizes: (0,), (1,), (2,), (3..7))."""
+        groups: dict[int, list[int]] = {}
+        for k, c in enumerate(self.codebook_sizes):
+            groups.setdefault(c, []).append(k)
+        return [tuple(v) for v in groups.values()]
+
+    def classify(self, y: jax.Array) -> list[tuple[tuple[int, ...], jax.Array]]:
+        """The 8 classifiers on the normed depth outputs y [N, 8, H], one batched product per
+        group of equal-sized codebooks: [(codebooks, logits [N, len(codebooks), C + 1]), ...]."""
+        out = []
+        for ks in self.codebook_groups():
+            w = jnp.stack([self.heads[k].kernel[...] for k in ks]).astype(self.dtype)  # [G, H, C]
+            b = jnp.stack([self.heads[k].bias[...] for k in ks]).astype(self.dtype)  # [G, C]
+            yk = y[:, ks[0]:ks[-1] + 1] if ks == tuple(range(ks[0], ks[-1] + 1)) else y[:, list(ks)]
+            lg = jnp.einsum("ngh,ghc->ngc", yk.astype(self.dtype), w) + b
+            out.append((ks, constrain(lg, ("activation_batch", "activation_depth", "activation_audio_vocab"))))
+        return out
 
     # ------------------------------------------------------------------ incremental form
 

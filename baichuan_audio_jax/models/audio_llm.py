@@ -141,6 +141,10 @@ class AudioLLM(nnx.Module):
         """Teacher-forced audio-head logits: hidden [..., H] with the codes [..., 8] it predicts."""
         return self.audio_head(hidden, codes, self.audio_embed)
 
+    def audio_logits_grouped(self, hidden: jax.Array, codes: jax.Array) -> list[tuple[tuple[int, ...], jax.Array]]:
+        """:meth:`audio_logits` grouped by equal codebook size: [(codebooks, logits [..., G, C+1])]."""
+        return self.audio_head.grouped_logits(hidden, codes, self.audio_embed)
+
     # ------------------------------------------------------------------ forward
 
     def __call__(self, input_ids: jax.Array, audio_codes: jax.Array | None = None, *,

@@ -91,10 +91,10 @@ def audio_ce_sum(model, hidden: jax.Array, targets: jax.Array, weights: jax.Arra
         h = constrain(take(hidden), ("activation_batch", "activation_length", "activation_embed"))
         t = constrain(take(targets), ("activation_batch", "activation_length", "activation_codebooks"))
         w = take(weights) * valid[..., None]
-        logits = model.audio_logits(h, t)
         total = jnp.zeros((), jnp.float32)
-        for c, lg in enumerate(logits):
-            total = total + jnp.sum(cross_entropy(lg, t[..., c]) * w[..., c])
+        for ks, lg in model.audio_logits_grouped(h, t):  # one CE per group of equal-sized codebooks
+            idx_k = list(ks)
+            total = total + jnp.sum(cross_entropy(lg, t[..., idx_k]) * w[..., idx_k])
     return total, dropped
 
 

@@ -128,7 +128,7 @@ class Plan:
         if self.top_buffers:
             out.append("largest temporary buffers (XLA buffer assignment):")
             for b in self.top_buffers:
-                out.append(f"  {gib(b.bytes)}  {b.shape:<34} {b.source[-110:]}")
+                out.append(f"  {gib(b.bytes)}  {b.shape:<34} {b.source.replace('jit(train_step)/', '')[-100:]}")
         if self.collective_bytes:
             out.append("collectives per step, per device (result bytes x executions):")
             for kind, v in sorted(self.collective_bytes["by_kind"].items(), key=lambda kv: -kv[1]):
