@@ -102,8 +102,10 @@ def test_no_activation_sized_collective_in_audio_head(compiled):
 
 @pytest.mark.parametrize("mesh", [(1, 8, 1), (2, 2, 2)])
 def test_sharded_audio_loss_equals_single_device(mesh):
-    """Loss and every gradient of the sharded head equal the single-device ones (rtol 1e-5,
-    float32 with highest-precision matmuls)."""
+    """Loss and every gradient of the sharded head equal the single-device ones: the loss to
+    1e-5 relative; each gradient array to 1e-5 relative with an absolute floor of 1e-6 of that
+    array's largest magnitude (the loss is a sum over ~6,000 weighted terms, gradients reach
+    ~100, and float32 sums over rows split 8 ways reassociate: measured ~4e-7 of the scale)."""
     make, run1, _, (psh1, rsh1, bsh1), cfg = _program(1, 1, 1)
     _, runn, _, (pshn, rshn, bshn), _ = _program(*mesh)
     _, params, rest = nnx.split(make(), nnx.Param, ...)
@@ -119,5 +121,6 @@ def test_sharded_audio_loss_equals_single_device(mesh):
     np.testing.assert_allclose(float(lossn), float(loss1), rtol=1e-5)
     for (path, a), (_, b) in zip(jax.tree_util.tree_flatten_with_path(g1)[0],
                                  jax.tree_util.tree_flatten_with_path(gn)[0]):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6,
+        a, b = np.asarray(a), np.asarray(b)
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * float(np.max(np.abs(a))),
                                    err_msg=jax.tree_util.keystr(path))
