@@ -36,7 +36,11 @@ print("RESULT " + json.dumps(out), flush=True)
 @pytest.mark.parametrize("devices", sorted(MESHES))
 def test_trainer_runs_three_steps_on_every_mesh(devices, tmp_path):
     code = DRIVER.format(tests=str(REPO / "tests"), meshes=MESHES[devices], workdir=str(tmp_path))
-    env = cli_env(devices, XLA_FLAGS=cli_env(devices)["XLA_FLAGS"] + " --xla_cpu_collective_timeout_seconds=120")
+    # Without the intra-op thread pool XLA:CPU runs each device's collectives in program order
+    # (the workaround for the runtime's deadlock, docs/pod_scale.md); a 120 s collective timeout
+    # keeps a loaded machine from being mistaken for a deadlock.
+    flags = " --xla_cpu_multi_thread_eigen=false --xla_cpu_collective_timeout_seconds=120"
+    env = cli_env(devices, XLA_FLAGS=cli_env(devices)["XLA_FLAGS"] + flags)
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
                           timeout=1500)
     assert proc.returncode == 0, (f"exit {proc.returncode}; last mesh started:\n{proc.stdout[-500:]}\n"

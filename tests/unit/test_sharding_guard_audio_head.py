@@ -105,7 +105,8 @@ def test_sharded_audio_loss_equals_single_device(mesh):
     """Loss and every gradient of the sharded head equal the single-device ones: the loss to
     1e-5 relative; each gradient array to 1e-5 relative with an absolute floor of 1e-6 of that
     array's largest magnitude (the loss is a sum over ~6,000 weighted terms, gradients reach
-    ~100, and float32 sums over rows split 8 ways reassociate: measured ~4e-7 of the scale)."""
+    ~100, and float32 sums over rows split 8 ways reassociate: measured ~4e-7 of the scale). The
+    key-bias gradient, zero in exact arithmetic, must be below 1e-6 of the largest gradient."""
     make, run1, _, (psh1, rsh1, bsh1), cfg = _program(1, 1, 1)
     _, runn, _, (pshn, rshn, bshn), _ = _program(*mesh)
     _, params, rest = nnx.split(make(), nnx.Param, ...)
@@ -119,8 +120,13 @@ def test_sharded_audio_loss_equals_single_device(mesh):
     loss1, g1 = run1(put(params, psh1), put(rest, rsh1), put(batch, bsh1))
     lossn, gn = runn(put(params, pshn), put(rest, rshn), put(batch, bshn))
     np.testing.assert_allclose(float(lossn), float(loss1), rtol=1e-5)
+    scale = max(float(np.max(np.abs(np.asarray(x)))) for x in jax.tree.leaves(g1))
     for (path, a), (_, b) in zip(jax.tree_util.tree_flatten_with_path(g1)[0],
                                  jax.tree_util.tree_flatten_with_path(gn)[0]):
-        a, b = np.asarray(a), np.asarray(b)
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * float(np.max(np.abs(a))),
-                                   err_msg=jax.tree_util.keystr(path))
+        a, b, name = np.asarray(a), np.asarray(b), jax.tree_util.keystr(path)
+        if "k_proj" in name and "bias" in name:
+            # Exactly zero in exact arithmetic (a key bias shifts every score of a query by the
+            # same amount; softmax ignores it): both sides are rounding noise, checked as such.
+            assert max(np.max(np.abs(a)), np.max(np.abs(b))) < 1e-6 * scale, name
+            continue
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * float(np.max(np.abs(a))), err_msg=name)
