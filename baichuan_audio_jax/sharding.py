@@ -23,6 +23,14 @@ Activation names:
   ``activation_batch`` -> (data, fsdp); ``activation_heads``/``activation_kv_heads``/
   ``activation_mlp``/``activation_vocab`` -> tensor; ``activation_length``/
   ``activation_embed`` -> replicated.
+  ``activation_depth``        the audio head's 8 depth (codebook) positions -> replicated
+  ``activation_audio_vocab``  codebook classes of the audio head's logits   -> replicated
+  ``activation_codebooks``    the 8 codes of a frame / its 8 code embeddings -> replicated
+  ``activation_channels``     conv channels of the tokenizer/flow/vocoder activations -> replicated
+
+Every large activation carries these names (``constrain``), so XLA never lays an activation out
+by the fsdp-sharded weight it meets (which would keep every row on every chip and finish each
+matmul with an activation-sized all-reduce): rows stay split over (data, fsdp), widths whole.
 
 A mesh axis is dropped for a dimension it does not divide (e.g. 4 KV heads on tensor=8): the
 dimension is then replicated on that axis and :func:`logical_to_mesh_spec` says so when asked to
@@ -63,6 +71,10 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("activation_kv_heads", "tensor"),
     ("activation_mlp", "tensor"),
     ("activation_vocab", "tensor"),
+    ("activation_depth", None),
+    ("activation_audio_vocab", None),
+    ("activation_codebooks", None),
+    ("activation_channels", None),
 )
 
 _RULES = dict(LOGICAL_AXIS_RULES)

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from baichuan_audio_jax.cli.main import CLIError
     from baichuan_audio_jax.config import format_config, load_config
     from baichuan_audio_jax.evaluation.periodic import periodic_eval
-    from baichuan_audio_jax.training import distributed
+    from baichuan_audio_jax.training import compile_cache, distributed
     from baichuan_audio_jax.training.trainer import train
 
     config = load_config(args.config, args.config_overrides)
@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.workdir:
         raise CLIError("--workdir is required to train")
+    compile_cache.enable()
     if args.coordinator:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     hook = periodic_eval(config, args.workdir)  # eval_every > 0: the eval suite on the live parameters

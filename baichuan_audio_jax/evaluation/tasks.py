@@ -36,6 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from baichuan_audio_jax.evaluation import metrics
+from baichuan_audio_jax.evaluation import tokenizer as tok_eval
 from baichuan_audio_jax.evaluation.inputs import (
     SkipRecord,
     audio_field,
@@ -47,6 +48,7 @@ from baichuan_audio_jax.evaluation.inputs import (
 from baichuan_audio_jax.evaluation.models import Sequence_
 from baichuan_audio_jax.evaluation.normalize import Normalizer, is_character_language
 from baichuan_audio_jax.inference.prompts import ASR_INSTRUCTION, Prompt
+from baichuan_audio_jax.inference.waveform import write_wav
 
 DEFAULT_S2TT_PROMPT = "将语音翻译为{target_language}:"  # data.prompts.s2tt of the training configs
 COMMON_OPTIONS = {"batch_size": "records per batch (default: the run's --batch-size)",
@@ -205,7 +207,6 @@ def _tts_run(ctx, spec, items):
         codes = np.concatenate(r.segments) if r.segments else np.zeros((0, 8), np.int32)
         entry = {"frames": int(len(codes)), "finish_reason": r.finish_reason, "codes": codes}
         if r.waveform is not None and len(r.waveform):
-            from baichuan_audio_jax.inference.waveform import write_wav  # lazy: tts tasks only
 
             entry["wav"] = write_wav(os.path.join(audio_dir, f"{it['line']}.wav"), r.waveform)
         out.append(entry)
@@ -461,13 +462,11 @@ def _tok_prepare(spec, rec, line):
 
 
 def _tok_run(ctx, spec, items):
-    from baichuan_audio_jax.evaluation import tokenizer as tok_eval  # lazy: the tokenizer task only
 
     return tok_eval.run_items(ctx, spec, items)
 
 
 def _tok_summarise(spec, results):
-    from baichuan_audio_jax.evaluation import tokenizer as tok_eval  # lazy: the tokenizer task only
 
     return tok_eval.summarise(results)
 

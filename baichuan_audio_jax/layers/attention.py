@@ -1,5 +1,7 @@
 """Attention: masks, rotary embeddings, the softmax kernel, and the two attention modules.
 
+* :func:`attention`: the one entry point choosing the kernel (reference einsum,
+  ``jax.nn.dot_product_attention``, Pallas splash attention on TPU).
 * :class:`GQAttention`: the LLM's grouped-query attention (separate q/k/v projections with
   optional bias, RoPE, KV cache for decoding, packed segments).
 * :class:`MultiHeadAttention`: Whisper-style attention of the audio stack (per-projection bias
@@ -17,9 +19,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from baichuan_audio_jax.layers.linear import Dense, DenseIn
-from baichuan_audio_jax.sharding import constrain
+from baichuan_audio_jax.sharding import constrain, logical_to_mesh_spec
 
 _NEG = float(jnp.finfo(jnp.float32).min)
 
@@ -99,6 +102,122 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     return out.reshape(b, tq, h, v.shape[-1])
 
 
+# ----------------------------------------------------------------------------- fused kernels
+
+ATTENTION_IMPLS = ("auto", "einsum", "xla", "splash")
+
+
+class CausalSegments(NamedTuple):
+    """A structured training mask: causal, and (if ``segment_ids`` [B, T] is given) within equal
+    non-zero segment ids. Fused kernels take this instead of a materialised [B, T, T] mask."""
+
+    segment_ids: jax.Array | None = None
+
+    def dense(self, t: int) -> jax.Array:
+        mask = causal_mask(t)
+        return mask if self.segment_ids is None else mask & segment_mask(self.segment_ids)
+
+
+def resolve_attention_impl(impl: str) -> str:
+    """``auto`` -> splash on TPU, xla on GPU, einsum elsewhere; unknown names are an error."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"model.llm.attention_impl={impl!r}: expected one of {ATTENTION_IMPLS}")
+    if impl != "auto":
+        return impl
+    return {"tpu": "splash", "gpu": "xla", "cuda": "xla", "rocm": "xla"}.get(_platform(), "einsum")
+
+
+def _platform() -> str:
+    """The platform code is traced for: the current mesh's devices (which may be a TPU slice
+    compiled ahead of time from a CPU machine), else the default backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is not None and not mesh.empty and getattr(mesh, "abstract_device", None) is not None:
+        return mesh.abstract_device.platform
+    return jax.default_backend()
+
+
+def _xla_attention(q, k, v, mask: CausalSegments, scale: float) -> jax.Array:
+    dense = None if mask.segment_ids is None else segment_mask(mask.segment_ids)[:, None]
+    return jax.nn.dot_product_attention(q, k, v, mask=dense, scale=scale, is_causal=True).astype(q.dtype)
+
+
+def _splash_block(t: int) -> int:
+    for b in (512, 256, 128):
+        if t % b == 0:
+            return b
+    return t
+
+
+def _splash_local(q, k, v, segment_ids, scale: float, interpret: bool) -> jax.Array:
+    """Splash attention on one device's shard: q [b, T, H, D], k/v [b, T, KV, D]."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as sa  # lazy: TPU-only kernel module
+
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    g = h // kv
+    blk = _splash_block(t)
+    sizes = sa.BlockSizes(block_q=blk, block_kv=blk, block_kv_compute=blk, block_q_dkv=blk, block_kv_dkv=blk,
+                          block_kv_dkv_compute=blk, block_q_dq=blk, block_kv_dq=blk)
+    kernel = sa.make_splash_mqa(sa.MultiHeadMask([sa.CausalMask((t, t))] * g), block_sizes=sizes,
+                                head_shards=1, q_seq_shards=1, interpret=interpret)
+    qs = jnp.transpose((q * jnp.asarray(scale, q.dtype)).reshape(b, t, kv, g, d), (0, 2, 3, 1, 4))  # [b,KV,g,T,D]
+    ks = jnp.transpose(k, (0, 2, 1, 3))  # [b, KV, T, D]
+    vs = jnp.transpose(v, (0, 2, 1, 3))
+
+    def one_row(qr, kr, vr, seg):
+        ids = None if seg is None else sa.SegmentIds(q=seg, kv=seg)
+        return jax.vmap(lambda qh, kh, vh: kernel(qh, kh, vh, segment_ids=ids))(qr, kr, vr)
+
+    if segment_ids is None:
+        out = jax.vmap(lambda qr, kr, vr: one_row(qr, kr, vr, None))(qs, ks, vs)
+    else:
+        out = jax.vmap(one_row)(qs, ks, vs, segment_ids.astype(jnp.int32))
+    return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, t, h, v.shape[-1]).astype(q.dtype)
+
+
+def _splash_attention(q, k, v, mask: CausalSegments, scale: float) -> jax.Array:
+    """Splash attention under the current mesh: a ``shard_map`` with rows on the batch axes and
+    heads on ``tensor`` (when both q and KV heads divide), the kernel per device."""
+    interpret = _platform() != "tpu"
+    mesh = jax.sharding.get_abstract_mesh()
+    seg = mask.segment_ids
+    if mesh is None or mesh.empty:
+        return _splash_local(q, k, v, seg, scale, interpret)
+    spec_q = logical_to_mesh_spec(("activation_batch", "activation_length", "activation_heads", None), q.shape, mesh)
+    spec_k = logical_to_mesh_spec(("activation_batch", "activation_length", "activation_kv_heads", None),
+                                  k.shape, mesh)
+    if spec_q[2] != spec_k[2]:  # heads split but KV heads not (or the reverse): keep heads whole
+        spec_q = P(spec_q[0], None, None, None)
+        spec_k = P(spec_k[0], None, None, None)
+    spec_seg = P(spec_q[0], None)
+    fn = lambda q_, k_, v_, s_: _splash_local(q_, k_, v_, s_, scale, interpret)
+    if seg is None:
+        fn1 = lambda q_, k_, v_: _splash_local(q_, k_, v_, None, scale, interpret)
+        return jax.shard_map(fn1, in_specs=(spec_q, spec_k, spec_k), out_specs=spec_q, check_vma=False)(q, k, v)
+    return jax.shard_map(fn, in_specs=(spec_q, spec_k, spec_k, spec_seg), out_specs=spec_q,
+                         check_vma=False)(q, k, v, seg)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | CausalSegments | None, scale: float,
+              impl: str = "einsum") -> jax.Array:
+    """The one attention entry point: q [B, Tq, H, D], k/v [B, Tk, KV, D] -> [B, Tq, H, D].
+
+    ``mask`` is a boolean [B, Tq, Tk] array (always the reference einsum path) or a
+    :class:`CausalSegments` (self-attention over equal lengths), which ``impl`` may run with a
+    fused kernel: ``xla`` (``jax.nn.dot_product_attention``), ``splash`` (Pallas, TPU; interpret
+    mode on other platforms), ``einsum`` (reference), ``auto`` (by platform). Fused kernels give
+    padding queries (segment id 0) outputs of their own; callers ignore those positions.
+    """
+    impl = resolve_attention_impl(impl)
+    if isinstance(mask, CausalSegments):
+        if impl == "xla":
+            return _xla_attention(q, k, v, mask, scale)
+        if impl == "splash":
+            return _splash_attention(q, k, v, mask, scale)
+        mask = mask.dense(q.shape[1])
+    return dot_product_attention(q, k, v, mask, scale)
+
+
 # ----------------------------------------------------------------------------- KV cache
 
 class KVCache(NamedTuple):
@@ -119,12 +238,13 @@ class GQAttention(nnx.Module):
     """Grouped-query attention with RoPE (the LLM's self-attention)."""
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
-                 rope_theta: float, qkv_bias: bool = True, dtype=jnp.float32, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+                 rope_theta: float, qkv_bias: bool = True, attention_impl: str = "einsum", dtype=jnp.float32,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.rope_theta = rope_theta
+        self.attention_impl = attention_impl
         self.dtype = dtype
         kw = dict(in_axis="embed", use_bias=qkv_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.q_proj = Dense(hidden_size, (num_heads, head_dim), out_axes=("heads", "head_dim"), **kw)
@@ -134,10 +254,11 @@ class GQAttention(nnx.Module):
                               out_axis="embed", use_bias=False, dtype=dtype, param_dtype=param_dtype,
                               rngs=rngs)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None,
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | CausalSegments | None,
                  cache: KVCache | None = None, cache_index: jax.Array | int | None = None
                  ) -> tuple[jax.Array, KVCache | None]:
-        """x [B, T, E]; positions [B, T] (RoPE positions); mask [B, T, T_k] over the keys attended.
+        """x [B, T, E]; positions [B, T] (RoPE positions); mask [B, T, T_k] over the keys attended,
+        or :class:`CausalSegments` (no cache) for a fused kernel (``attention_impl``).
 
         With a cache, the T new keys/values are written at ``cache_index`` and attention runs over
         the whole cache (T_k = S_max); the mask must then cover S_max keys.
@@ -155,7 +276,8 @@ class GQAttention(nnx.Module):
             cv = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, idx, 0, 0))
             new_cache = KVCache(ck, cv)
             k, v = ck.astype(self.dtype), cv.astype(self.dtype)
-        out = dot_product_attention(q, k, v, mask, self.head_dim ** -0.5)
+        out = attention(q, k, v, mask, self.head_dim ** -0.5, self.attention_impl)
+        out = constrain(out, ("activation_batch", "activation_length", "activation_heads", None))
         return self.o_proj(out), new_cache
 
 
@@ -178,6 +300,8 @@ class MultiHeadAttention(nnx.Module):
                                 use_bias=out_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        out = dot_product_attention(q, k, v, mask, self.head_dim ** -0.5)
-        return self.out_proj(out)
+        """x [B, T, dim] -> [B, T, dim]; q/k/v/output keep rows split by ``activation_batch``."""
+        heads = ("activation_batch", "activation_length", "activation_heads", None)
+        q, k, v = (constrain(p(x), heads) for p in (self.q_proj, self.k_proj, self.v_proj))
+        out = constrain(dot_product_attention(q, k, v, mask, self.head_dim ** -0.5), heads)
+        return constrain(self.out_proj(out), ("activation_batch", "activation_length", "activation_embed"))

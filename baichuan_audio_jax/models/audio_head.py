@@ -29,6 +29,14 @@ from baichuan_audio_jax.layers.mlp import gelu
 from baichuan_audio_jax.layers.norms import RMSNorm
 from baichuan_audio_jax.layers.params import fan_in_normal, param
 from baichuan_audio_jax.layers.stack import run_stack, stacked
+from baichuan_audio_jax.sharding import constrain
+
+# Logical names of the head's activations: rows (B·K audio positions) split like the batch,
+# never laid out by the fsdp-sharded weights (see baichuan_audio_jax.sharding).
+_ROWS = ("activation_batch", "activation_embed")
+_DEPTH = ("activation_batch", "activation_depth", "activation_embed")
+_DEPTH_MLP = ("activation_batch", "activation_depth", "activation_mlp")
+_LOGITS = ("activation_batch", "activation_audio_vocab")
 
 
 class DepthFFN(nnx.Module):
@@ -43,8 +51,8 @@ class DepthFFN(nnx.Module):
         """r [B, D, dim] over all depth positions, or [B, dim] at one (static or traced) ``position``."""
         w1, w2 = self.w1[...].astype(self.dtype), self.w2[...].astype(self.dtype)
         if position is None:
-            h = gelu(jnp.einsum("bld,ldt->blt", r, w1))
-            return jnp.einsum("blt,ltd->bld", h, w2)
+            h = constrain(gelu(jnp.einsum("bld,ldt->blt", r, w1)), _DEPTH_MLP)
+            return constrain(jnp.einsum("blt,ltd->bld", h, w2), _DEPTH)
         h = gelu(r @ w1[position])
         return h @ w2[position]
 
@@ -61,9 +69,11 @@ class DepthLayer(nnx.Module):
 
     def __call__(self, y: jax.Array) -> jax.Array:
         d = y.shape[1]
-        a = self.attn(self.norm1(y), causal_mask(d))
-        r = self.norm2(y + a)
-        return r + self.ffn(r)
+        with jax.named_scope("depth_attention"):
+            a = self.attn(self.norm1(y), causal_mask(d))
+        r = constrain(self.norm2(y + a), _DEPTH)
+        with jax.named_scope("depth_ffn"):
+            return constrain(r + self.ffn(r), _DEPTH)
 
     def step(self, y: jax.Array, position: int | jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
         """y [B, dim] at depth ``position`` (static or traced); cache k/v [B, 8, heads, head_dim]."""
@@ -106,23 +116,52 @@ class AudioHead(nnx.Module):
 
     def depth_inputs(self, x: jax.Array, codes: jax.Array, audio_embed: Sequence[Embed]) -> jax.Array:
         """[B, 8, H]: x, then cumulative sums of the embeddings of codes 0..6."""
-        embs = [audio_embed[k](codes[:, k]) for k in range(NUM_CODEBOOKS - 1)]
-        cum = jnp.cumsum(jnp.stack(embs, axis=1), axis=1)
-        return jnp.concatenate([x[:, None, :].astype(self.dtype), cum.astype(self.dtype)], axis=1)
+        embs = [constrain(audio_embed[k](codes[:, k]), _ROWS) for k in range(NUM_CODEBOOKS - 1)]
+        cum = jnp.cumsum(constrain(jnp.stack(embs, axis=1), _DEPTH), axis=1)
+        return constrain(jnp.concatenate([x[:, None, :].astype(self.dtype), cum.astype(self.dtype)], axis=1), _DEPTH)
 
     def __call__(self, x: jax.Array, codes: jax.Array, audio_embed: Sequence[Embed]) -> list[jax.Array]:
         """x [B, H], codes [B, 8] (column i in [0, C_i]) -> 8 logits [B, C_i + 1].
 
         Leading batch dimensions may be more than one (e.g. [B, S, H] and [B, S, 8]).
         """
+        out: list[jax.Array | None] = [None] * NUM_CODEBOOKS
+        for ks, lg in self.grouped_logits(x, codes, audio_embed):
+            for j, k in enumerate(ks):
+                out[k] = lg[..., j, :]
+        return out
+
+    def grouped_logits(self, x: jax.Array, codes: jax.Array, audio_embed: Sequence[Embed]
+                       ) -> list[tuple[tuple[int, ...], jax.Array]]:
+        """As :meth:`__call__`, grouped by equal codebook size: [(codebooks, logits [..., G, C+1])]."""
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, x.shape[-1])
-        c2 = codes.reshape(-1, codes.shape[-1])
-        y = self.depth_inputs(x2, c2, audio_embed)
-        y, _ = run_stack(self.layers, y, lambda layer, c, _: (layer(c), None), scan=self.scan,
-                         remat_policy=self.remat_policy)
-        y = self.headnorm(y)
-        return [self.heads[k](y[:, k]).reshape(*lead, -1) for k in range(NUM_CODEBOOKS)]
+        with jax.named_scope("audio_head"):
+            x2 = constrain(x.reshape(-1, x.shape[-1]), _ROWS)
+            c2 = constrain(codes.reshape(-1, codes.shape[-1]), ("activation_batch", "activation_codebooks"))
+            y = self.depth_inputs(x2, c2, audio_embed)
+            y, _ = run_stack(self.layers, y, lambda layer, c, _: (layer(c), None), scan=self.scan,
+                             remat_policy=self.remat_policy)
+            y = constrain(self.headnorm(y), _DEPTH)
+            return [(ks, lg.reshape(*lead, *lg.shape[1:])) for ks, lg in self.classify(y)]
+
+    def codebook_groups(self) -> list[tuple[int, ...]]:
+        """Codebooks with equal class counts, in order (real sizes: (0,), (1,), (2,), (3..7))."""
+        groups: dict[int, list[int]] = {}
+        for k, c in enumerate(self.codebook_sizes):
+            groups.setdefault(c, []).append(k)
+        return [tuple(v) for v in groups.values()]
+
+    def classify(self, y: jax.Array) -> list[tuple[tuple[int, ...], jax.Array]]:
+        """The 8 classifiers on the normed depth outputs y [N, 8, H], one batched product per
+        group of equal-sized codebooks: [(codebooks, logits [N, len(codebooks), C + 1]), ...]."""
+        out = []
+        for ks in self.codebook_groups():
+            w = jnp.stack([self.heads[k].kernel[...] for k in ks]).astype(self.dtype)  # [G, H, C]
+            b = jnp.stack([self.heads[k].bias[...] for k in ks]).astype(self.dtype)  # [G, C]
+            yk = y[:, ks[0]:ks[-1] + 1] if ks == tuple(range(ks[0], ks[-1] + 1)) else y[:, list(ks)]
+            lg = jnp.einsum("ngh,ghc->ngc", yk.astype(self.dtype), w) + b
+            out.append((ks, constrain(lg, ("activation_batch", "activation_depth", "activation_audio_vocab"))))
+        return out
 
     # ------------------------------------------------------------------ incremental form
 

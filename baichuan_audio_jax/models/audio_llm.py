@@ -25,7 +25,15 @@ import numpy as np
 from flax import nnx
 
 from baichuan_audio_jax.config import ModelConfig
-from baichuan_audio_jax.layers.attention import GQAttention, KVCache, causal_mask, key_padding_mask, segment_mask
+from baichuan_audio_jax.layers.attention import (
+    CausalSegments,
+    GQAttention,
+    KVCache,
+    causal_mask,
+    key_padding_mask,
+    resolve_attention_impl,
+    segment_mask,
+)
 from baichuan_audio_jax.layers.embed import Embed
 from baichuan_audio_jax.layers.linear import Dense
 from baichuan_audio_jax.layers.mlp import SwiGLU
@@ -36,6 +44,11 @@ from baichuan_audio_jax.models.audio_head import NUM_CODEBOOKS, AudioHead
 from baichuan_audio_jax.sharding import constrain
 
 _ACT = ("activation_batch", "activation_length", "activation_embed")
+
+
+def _rows(ndim: int) -> tuple[str, ...]:
+    """Logical names of a [batch, positions..., H] activation of rank ``ndim`` + 1."""
+    return ("activation_batch",) + ("activation_length",) * (ndim - 1) + ("activation_embed",)
 
 
 class LMOutput(NamedTuple):
@@ -65,7 +78,7 @@ class DecoderLayer(nnx.Module):
         kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
         self.input_norm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps, **kw)
         self.attn = GQAttention(c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
-                                rope_theta=c.rope_theta, qkv_bias=c.qkv_bias, **kw)
+                                rope_theta=c.rope_theta, qkv_bias=c.qkv_bias, attention_impl=c.attention_impl, **kw)
         self.post_attn_norm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps, **kw)
         self.mlp = SwiGLU(c.hidden_size, c.intermediate_size, **kw)
 
@@ -109,7 +122,7 @@ class AudioLLM(nnx.Module):
         out = None
         for k in range(NUM_CODEBOOKS):
             ids = jnp.clip(codes[..., k], 0, self.cfg.codebook_sizes[k])
-            e = self.audio_embed[k](ids)
+            e = constrain(self.audio_embed[k](ids), _rows(ids.ndim))
             out = e if out is None else out + e
         return out
 
@@ -121,7 +134,7 @@ class AudioLLM(nnx.Module):
         if audio_codes is not None and audio_embeds is not None:
             raise ValueError("give audio_codes or audio_embeds, not both")
         ids = jnp.clip(input_ids, 0, self.cfg.llm.vocab_size - 1)
-        x = self.embed_tokens(ids)
+        x = constrain(self.embed_tokens(ids), _rows(ids.ndim))
         is_audio = (input_ids == self.cfg.tokens.audio_pad_token_id)[..., None]
         if audio_codes is not None:
             x = jnp.where(is_audio, self.audio_frame_embedding(audio_codes), x)
@@ -129,9 +142,19 @@ class AudioLLM(nnx.Module):
             x = jnp.where(is_audio, audio_embeds.astype(x.dtype), x)
         return constrain(x, _ACT)
 
-    def logits(self, hidden: jax.Array) -> jax.Array:
+    def gathered_output_weight(self) -> jax.Array | None:
+        """The untied LM head's kernel [H, vocab] in the compute dtype, whole on the fsdp axes
+        (vocab stays split by ``activation_vocab``): computed once and passed to :meth:`logits`
+        for every loss chunk. None for tied embeddings."""
+        if self.lm_head is None:
+            return None
+        return constrain(self.lm_head.kernel[...].astype(self.dtype), ("activation_embed", "activation_vocab"))
+
+    def logits(self, hidden: jax.Array, gathered: jax.Array | None = None) -> jax.Array:
         if self.lm_head is None:
             out = self.embed_tokens.attend(hidden)
+        elif gathered is not None:  # the same product as Dense.__call__ (the LM head has no bias)
+            out = jax.lax.dot_general(hidden.astype(self.dtype), gathered, (((hidden.ndim - 1,), (0,)), ((), ())))
         else:
             out = self.lm_head(hidden)
         return constrain(out, ("activation_batch", "activation_length", "activation_vocab"))
@@ -139,6 +162,10 @@ class AudioLLM(nnx.Module):
     def audio_logits(self, hidden: jax.Array, codes: jax.Array) -> list[jax.Array]:
         """Teacher-forced audio-head logits: hidden [..., H] with the codes [..., 8] it predicts."""
         return self.audio_head(hidden, codes, self.audio_embed)
+
+    def audio_logits_grouped(self, hidden: jax.Array, codes: jax.Array) -> list[tuple[tuple[int, ...], jax.Array]]:
+        """:meth:`audio_logits` grouped by equal codebook size: [(codebooks, logits [..., G, C+1])]."""
+        return self.audio_head.grouped_logits(hidden, codes, self.audio_embed)
 
     # ------------------------------------------------------------------ forward
 
@@ -164,6 +191,10 @@ class AudioLLM(nnx.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(s)[None, :] + offset, (b, s))
         t_k = s if cache is None else cache.k.shape[2]
+        if cache is None and attention_mask is None and resolve_attention_impl(self.cfg.llm.attention_impl) != "einsum":
+            # Training layout: a fused kernel builds the causal/segment mask itself.
+            return self._forward(input_ids, audio_codes, audio_embeds, positions, CausalSegments(segment_ids),
+                                 cache, cache_index, compute_logits, dropout)
         mask = causal_mask(s, t_k, offset)
         if segment_ids is not None:
             if cache is not None:
@@ -174,8 +205,13 @@ class AudioLLM(nnx.Module):
                 raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} keys, expected {t_k}")
             mask = mask & key_padding_mask(attention_mask, s)
         mask = jnp.broadcast_to(mask, (b, s, t_k))
+        return self._forward(input_ids, audio_codes, audio_embeds, positions, mask, cache, cache_index,
+                             compute_logits, dropout)
 
-        h = self.embed(input_ids, audio_codes, audio_embeds)
+    def _forward(self, input_ids, audio_codes, audio_embeds, positions, mask, cache, cache_index,
+                 compute_logits, dropout: Dropout | None = None) -> LMOutput:
+        with jax.named_scope("embeddings"):
+            h = self.embed(input_ids, audio_codes, audio_embeds)
 
         if dropout is not None and dropout.active:
             keys = jax.random.split(dropout.rng, self.cfg.llm.num_layers + 1)
@@ -191,9 +227,10 @@ class AudioLLM(nnx.Module):
                 return layer(carry, positions, mask, layer_cache, cache_index)
 
             xs = cache
-        h, new_cache = run_stack(self.layers, h, body, xs=xs, scan=self.cfg.scan_layers,
-                                 remat_policy=self.cfg.remat_policy)
-        h = self.norm(h)
+        with jax.named_scope("llm_layers"):
+            h, new_cache = run_stack(self.layers, h, body, xs=xs, scan=self.cfg.scan_layers,
+                                     remat_policy=self.cfg.remat_policy)
+            h = constrain(self.norm(h), _ACT)
         return LMOutput(self.logits(h) if compute_logits else None, h, new_cache)
 
     def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:

@@ -41,6 +41,11 @@ def loss_denominators(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
 
 def text_ce_sum(model, hidden: jax.Array, targets: jax.Array, weights: jax.Array, chunk: int = 0) -> jax.Array:
     """Σ w·CE of the LM head over [B, S] positions, logits built ``chunk`` positions at a time."""
+    with jax.named_scope("lm_head_loss"):
+        return _text_ce_sum(model, hidden, targets, weights, chunk)
+
+
+def _text_ce_sum(model, hidden, targets, weights, chunk):
     b, s, h = hidden.shape
     if not chunk or chunk >= s:
         return jnp.sum(cross_entropy(model.logits(hidden), targets) * weights)
@@ -51,10 +56,15 @@ def text_ce_sum(model, hidden: jax.Array, targets: jax.Array, weights: jax.Array
     def split(x):  # [B, S, ...] -> [n, B, chunk, ...]
         return jnp.moveaxis(x.reshape(b, n, chunk, *x.shape[2:]), 1, 0)
 
+    # The LM head's weight is gathered (fsdp) once, outside the checkpointed chunk body, so the
+    # chunks and their recomputation in the backward pass reuse it instead of gathering it again.
+    gathered = model.gathered_output_weight() if hasattr(model, "gathered_output_weight") else None
+    logits_of = model.logits if gathered is None else (lambda hc: model.logits(hc, gathered))
+
     @jax.checkpoint
     def one(carry, xs):
         hc, tc, wc = xs
-        return carry + jnp.sum(cross_entropy(model.logits(hc), tc) * wc), None
+        return carry + jnp.sum(cross_entropy(logits_of(hc), tc) * wc), None
 
     total, _ = jax.lax.scan(one, jnp.zeros((), jnp.float32), (split(hidden), split(targets), split(weights)))
     return total
@@ -75,15 +85,16 @@ def audio_ce_sum(model, hidden: jax.Array, targets: jax.Array, weights: jax.Arra
                  max_positions: int) -> tuple[jax.Array, jax.Array]:
     """Σ w·CE over (position, codebook) of the teacher-forced audio head; returns (sum, dropped)."""
     k = min(max_positions or hidden.shape[1], hidden.shape[1])
-    idx, valid, dropped = gather_audio_positions(weights, k)
-    take = lambda x: jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
-    h = constrain(take(hidden), ("activation_batch", "activation_length", "activation_embed"))
-    t = take(targets)
-    w = take(weights) * valid[..., None]
-    logits = model.audio_logits(h, t)
-    total = jnp.zeros((), jnp.float32)
-    for c, lg in enumerate(logits):
-        total = total + jnp.sum(cross_entropy(lg, t[..., c]) * w[..., c])
+    with jax.named_scope("audio_head"):
+        idx, valid, dropped = gather_audio_positions(weights, k)
+        take = lambda x: jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+        h = constrain(take(hidden), ("activation_batch", "activation_length", "activation_embed"))
+        t = constrain(take(targets), ("activation_batch", "activation_length", "activation_codebooks"))
+        w = take(weights) * valid[..., None]
+        total = jnp.zeros((), jnp.float32)
+        for ks, lg in model.audio_logits_grouped(h, t):  # one CE per group of equal-sized codebooks
+            idx_k = list(ks)
+            total = total + jnp.sum(cross_entropy(lg, t[..., idx_k]) * w[..., idx_k])
     return total, dropped
 
 
