@@ -704,6 +704,8 @@ def default_run_config() -> ml_collections.ConfigDict:
         max_audio_positions=0,  # audio-head positions evaluated per row (0: seq_len)
         loss_chunk_size=0,  # positions per chunk of the vocabulary CE (0: one chunk)
         peak_flops_per_device=0.0,  # for model FLOPs utilisation (0: not reported)
+        nonfinite="stop",  # NaN/inf loss or gradient: "stop" (exit 3 naming the step) | "skip" (update skipped)
+        spike_factor=3.0,  # log a loss / grad-norm spike above this times its running average (0: off)
     ))
     cfg.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3, async_save=True))
     return cfg

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 HELP = ("Train (or resume training) on the devices of this host or of a multi-host job. Builds the "
         "mesh from config.mesh, prints the trainable parameters of config.stage, resumes from the "
         "latest checkpoint in WORKDIR/checkpoints if there is one, and writes WORKDIR/metrics.jsonl, "
         "TensorBoard events under WORKDIR/tensorboard and checkpoints. Multi-host jobs start "
         "jax.distributed from BAICHUAN_COORDINATOR / BAICHUAN_NUM_PROCESSES / BAICHUAN_PROCESS_ID "
-        "(or the flags below), or automatically on TPU pods and SLURM.")
+        "(or the flags below), or automatically on TPU pods and SLURM. SIGTERM/SIGINT (preemption) "
+        "finish the current step, save a checkpoint at it and exit with status 143: run the same "
+        "command again to resume. Exit status 3: the training diverged (train.nonfinite=stop).")
 ACCEPTS_CONFIG_OVERRIDES = True
 
 
@@ -24,10 +27,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from baichuan_audio_jax.config import load_config
     from baichuan_audio_jax.training import distributed
+    from baichuan_audio_jax.training.preemption import Preempted
     from baichuan_audio_jax.training.trainer import train
 
     config = load_config(args.config, args.config_overrides)
     if args.coordinator:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-    train(config, args.workdir, progress=not args.no_progress)
+    try:
+        train(config, args.workdir, progress=not args.no_progress)
+    except Preempted as e:
+        print(f"baichuan-audio train: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
     return 0
