@@ -12,6 +12,7 @@ reason                 meaning
 ``missing``            an audio file does not exist
 ``empty``              an audio file has zero bytes or no samples
 ``corrupt``            an audio file cannot be decoded or is truncated
+``nonfinite``          an audio file holds NaN or infinite samples (float formats)
 ``too_many_channels``  more than two channels
 ``too_short``          too short to give one audio token
 ``too_long``           longer than ``data.max_audio_seconds``

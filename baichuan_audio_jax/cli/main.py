@@ -18,6 +18,7 @@ import importlib
 import pkgutil
 import sys
 import traceback
+import types
 from typing import Sequence
 
 from baichuan_audio_jax.errors import ReadableError, cause_of
@@ -71,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, ReadableError, FileNotFoundError, KeyError, ValueError, OSError, SyntaxError) as e:
         if verbose:
             traceback.print_exc()
+        else:
+            sys.unraisablehook = _quiet_unraisable
         print(f"baichuan-audio {name}: error: {_one_line(e)}", file=sys.stderr, flush=True)
         return getattr(e, "exit_code", 2)
     except KeyboardInterrupt:
@@ -78,6 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"baichuan-audio {name}: interrupted", file=sys.stderr, flush=True)
         return 130
+
+
+def _quiet_unraisable(u) -> None:
+    """After a reported error, the storage libraries' abandoned asynchronous operations are
+    collected with "Exception ignored in <coroutine>" reports: not news to the reader."""
+    if isinstance(u.object, types.CoroutineType) or "coroutine" in str(u.err_msg or ""):
+        return
+    sys.__unraisablehook__(u)
 
 
 def _one_line(e: BaseException) -> str:

@@ -104,7 +104,7 @@ def _truncate_after(path: epath.Path, step: int) -> tuple[list[str], int]:
             keep.append(line if line.endswith("\n") else line + "\n")
     tmp = path.parent / (path.name + ".tmp")
     tmp.write_text("".join(keep))
-    tmp.rename(path)
+    tmp.replace(path)
     return keep, last
 
 

@@ -213,4 +213,4 @@ def write_config(workdir: epath.Path, config) -> None:
     text = json.dumps(config.to_dict(), indent=1, default=str)
     tmp = workdir / "config.json.tmp"
     tmp.write_text(text)
-    tmp.rename(path)
+    tmp.replace(path)
