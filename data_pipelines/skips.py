@@ -34,21 +34,9 @@ from typing import Any, Mapping
 
 import grain
 
-from baichuan_audio_jax.audio.io import REASONS as AUDIO_REASONS
-
-REASONS = (*AUDIO_REASONS, "bad_json", "unknown_task", "invalid_record", "invalid_codes", "sequence_too_long")
+from baichuan_audio_jax.record_schema import REASONS, RecordError  # noqa: F401  (one set of reasons)
 
 log = logging.getLogger("data_pipelines")
-
-
-class RecordError(ValueError):
-    """A record that cannot become a training sequence; ``reason`` is one of :data:`REASONS`."""
-
-    def __init__(self, reason: str, detail: str, origin: str = ""):
-        if reason not in REASONS:
-            raise ValueError(f"unknown skip reason {reason!r}")
-        self.reason, self.detail, self.origin = reason, detail, origin
-        super().__init__(f"{origin + ': ' if origin else ''}{reason.replace('_', ' ')}: {detail}")
 
 
 @dataclasses.dataclass(frozen=True)
