@@ -28,7 +28,7 @@ import jax
 from baichuan_audio_jax.training import distributed
 from baichuan_audio_jax.training.checkpointing import Checkpointer, workdir_path
 from baichuan_audio_jax.training.data_sources import build_iterator
-from baichuan_audio_jax.training.divergence import StepWatch
+from baichuan_audio_jax.training.divergence import StepWatch, check_mode
 from baichuan_audio_jax.training.goodput import Goodput, append_record
 from baichuan_audio_jax.training.initial_weights import apply_init_from
 from baichuan_audio_jax.training.mesh import describe, mesh_from_config
@@ -45,6 +45,7 @@ def _check_run_config(config) -> None:
     if float(config.train.learning_rate) < 0 or float(config.train.min_learning_rate) < 0:
         raise ValueError(f"train.learning_rate={config.train.learning_rate} and train.min_learning_rate="
                          f"{config.train.min_learning_rate} must be >= 0")
+    check_mode(str(config.train.get("nonfinite", "stop")))
 
 
 def train(config, workdir: str, *, progress: bool = True, log=print) -> dict[str, Any]:

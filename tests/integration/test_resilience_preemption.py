@@ -22,7 +22,7 @@ from baichuan_audio_jax.training.preemption import EXIT_PREEMPTED
 
 STEPS = 24
 OVERRIDES = (f"steps={STEPS}", "log_every=1", "checkpoint_every=10", "train.warmup_steps=5")
-EXIT_BOUND_S = 90.0  # signal -> exit, including the checkpoint commit, on a shared 2-core machine
+EXIT_BOUND_S = 120.0  # signal -> exit, including the checkpoint commit, on a shared 2-core machine
 
 
 def _losses(workdir) -> dict[int, float]:
@@ -48,7 +48,7 @@ def _assert_same_run(ref_dir, run_dir) -> None:
         np.testing.assert_array_equal(y, x, err_msg=jax.tree_util.keystr(path))
 
 
-def _wait_for_steps(workdir, n: int, proc: subprocess.Popen, timeout: float = 400) -> None:
+def _wait_for_steps(workdir, n: int, proc: subprocess.Popen, timeout: float = 1800) -> None:
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
@@ -75,7 +75,7 @@ def _check_preempted(run_dir, proc, sent_at: float, stderr: str) -> int:
 def test_sigterm_saves_at_that_step_and_resumes_exactly(tmp_path):
     env = cli_env(2)
     ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "preempted"
-    ref = run_cli(train_args(ref_dir, *OVERRIDES), env, timeout=600)
+    ref = run_cli(train_args(ref_dir, *OVERRIDES), env, timeout=1800)
     assert ref.returncode == 0, ref.stderr[-3000:]
 
     at = random.Random(os.urandom(8)).randint(3, STEPS - 6)
@@ -90,7 +90,7 @@ def test_sigterm_saves_at_that_step_and_resumes_exactly(tmp_path):
     stopped = _check_preempted(run_dir, victim, sent_at, err)
     assert "received again" in err
 
-    again = run_cli(train_args(run_dir, *OVERRIDES), env, timeout=600)
+    again = run_cli(train_args(run_dir, *OVERRIDES), env, timeout=1800)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resumed from step {stopped}" in again.stdout
     _assert_same_run(ref_dir, run_dir)
@@ -121,7 +121,7 @@ def test_two_processes_stop_at_the_same_step_and_resume_exactly(tmp_path):
     2-process run equals an uninterrupted 2-process run bit for bit."""
     ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "preempted"
     ref = _launch(ref_dir, tmp_path / "ref_logs")
-    out, err = ref.communicate(timeout=900)
+    out, err = ref.communicate(timeout=1800)
     assert ref.returncode == 0, err[-2000:] + out[-3000:]
 
     at = random.Random(os.urandom(8)).randint(3, STEPS - 6)
@@ -138,7 +138,7 @@ def test_two_processes_stop_at_the_same_step_and_resume_exactly(tmp_path):
     assert log_text.count(f"stopped after step {stopped}") == 2, log_text[-3000:]
 
     again = _launch(run_dir, tmp_path / "logs2")
-    out, err = again.communicate(timeout=900)
+    out, err = again.communicate(timeout=1800)
     assert again.returncode == 0, err[-2000:] + out[-3000:]
     assert f"resumed from step {stopped}" in out
     _assert_same_run(ref_dir, run_dir)
