@@ -12,7 +12,7 @@ from training_helpers import cli_env, run_cli, train_args
 
 from baichuan_audio_jax.training.metrics import read_metrics
 
-BASE = ("log_every=1", "checkpoint_every=10", "train.warmup_steps=5")
+BASE = ("log_every=1", "checkpoint_every=10", "train.warmup_steps=5", "train.decay_steps=40")  # schedule fixed across `steps`
 
 
 def _one_line_error(proc: subprocess.CompletedProcess) -> str:
