@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import pkgutil
 import sys
 import traceback
@@ -42,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in argv
     argv = [a for a in argv if a != "--verbose"]
+    if not verbose:
+        logging.getLogger("absl").addFilter(_no_tracebacks)
     commands = subcommands()
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         parser = argparse.ArgumentParser(prog="baichuan-audio", description="Baichuan-Audio in JAX/Flax.")
@@ -81,6 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"baichuan-audio {name}: interrupted", file=sys.stderr, flush=True)
         return 130
+
+
+def _no_tracebacks(record: logging.LogRecord) -> bool:
+    """Drops library log records that carry a traceback (Orbax logs a failed save's traceback
+    before re-raising it; the error is reported once, on one line)."""
+    return not (record.exc_info or "Traceback (most recent call last)" in record.getMessage())
 
 
 def _quiet_unraisable(u) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Callable
 
 import jax
@@ -36,6 +37,7 @@ from etils import epath
 from baichuan_audio_jax.errors import CheckpointError, array_of, cause_of
 
 UNREADABLE_DIR = "checkpoints_unreadable"
+_STEP_IN_PATH = re.compile(r"checkpoints/(\d+)(?:\.orbax-checkpoint-tmp[^/]*)?/")
 
 
 class Checkpointer:
@@ -71,6 +73,9 @@ class Checkpointer:
         self.pending_step = step
 
     def _save_error(self, step: int | None, e: BaseException) -> CheckpointError:
+        found = _STEP_IN_PATH.search(str(e)) or (e.__cause__ and _STEP_IN_PATH.search(str(e.__cause__)))
+        if found:  # a failed asynchronous save is reported by the next call: name the step it was writing
+            step = int(found.group(1))
         where = f"checkpoint step {step}" if step is not None else "a checkpoint"
         array = array_of(e)
         return CheckpointError(f"saving {where} to {self.directory} failed"
