@@ -13,6 +13,7 @@ INSTALL_REQUIRES = [
     "flax==0.12.8",
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
+    "etils[epath]==1.15.0",  # workdir paths (local, mounted or gs://), as Orbax uses them
     "grain==0.2.18",
     "array_record==0.8.6",
     "tensorflow-datasets==4.9.10",

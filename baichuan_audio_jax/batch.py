@@ -34,7 +34,7 @@ from typing import Mapping
 import numpy as np
 
 from baichuan_audio_jax.config import NUM_CODEBOOKS
-from baichuan_audio_jax.records import RecordError
+from baichuan_audio_jax.record_schema import RecordError
 
 FIELDS: dict[str, tuple[type, tuple[int, ...]]] = {
     "input_ids": (np.int32, ()),

@@ -24,24 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 from flax import serialization
 
-from baichuan_audio_jax.audio.io import REASONS as AUDIO_REASONS
-
 AUDIO_KEY = "audio"
-
-# Why a record is skipped (the table in ``data_pipelines/skips.py`` explains each); ``data check``,
-# the training pipelines and evaluation count skips by these names.
-REASONS = (*AUDIO_REASONS, "bad_json", "unknown_task", "invalid_record", "invalid_codes", "sequence_too_long")
-
-
-class RecordError(ValueError):
-    """A record that cannot become a training sequence; ``reason`` is one of :data:`REASONS`."""
-
-    def __init__(self, reason: str, detail: str, origin: str = ""):
-        if reason not in REASONS:
-            raise ValueError(f"unknown skip reason {reason!r}")
-        self.reason, self.detail, self.origin = reason, detail, origin
-        super().__init__(f"{origin + ': ' if origin else ''}{reason.replace('_', ' ')}: {detail}")
-
 
 def audio_ref_owners(record: Any) -> list[dict]:
     """The objects holding each ``"audio"`` reference, depth-first in document order.

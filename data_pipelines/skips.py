@@ -12,6 +12,7 @@ reason                 meaning
 ``missing``            an audio file does not exist
 ``empty``              an audio file has zero bytes or no samples
 ``corrupt``            an audio file cannot be decoded or is truncated
+``nonfinite``          an audio file holds NaN or infinite samples (float formats)
 ``too_many_channels``  more than two channels
 ``too_short``          too short to give one audio token
 ``too_long``           longer than ``data.max_audio_seconds``
@@ -33,7 +34,7 @@ from typing import Any, Mapping
 
 import grain
 
-from baichuan_audio_jax.records import REASONS, RecordError
+from baichuan_audio_jax.record_schema import REASONS, RecordError
 
 __all__ = ["REASONS", "RecordError", "Skip", "SkipCounter", "CountSkipsIterDataset"]
 

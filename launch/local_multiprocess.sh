@@ -13,7 +13,9 @@
 #          BAICHUAN_PROCESS_ID=i, and JAX_PLATFORMS=cpu + XLA_FLAGS device count (cpu) or
 #          CUDA_VISIBLE_DEVICES=i (gpu).
 # Output:  process i logs to $LOG_DIR/process_i.log; process 0's log is also echoed. Exit status
-#          is non-zero if any process fails (the others are then stopped).
+#          143 if the run was preempted (SIGTERM/SIGINT to the script or to any process: all stop at
+#          the same step after saving a checkpoint; run the same command again to resume), 1 if any
+#          process fails (the others are then stopped), else 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,7 +37,7 @@ mkdir -p "$LOG_DIR"
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup INT TERM
+trap cleanup INT TERM  # forwarded as SIGTERM: the processes save at an agreed step and exit 143
 
 for ((i = 0; i < NUM_PROCESSES; i++)); do
   (
@@ -52,12 +54,24 @@ done
 echo "started $NUM_PROCESSES processes (coordinator 127.0.0.1:${PORT}); logs in $LOG_DIR"
 
 status=0
+preempted=0
 for i in "${!pids[@]}"; do
-  if ! wait "${pids[$i]}"; then
-    echo "process $i failed; see $LOG_DIR/process_${i}.log" >&2
+  while :; do  # a trapped signal interrupts `wait`: wait again until the process has exited
+    rc=0
+    wait "${pids[$i]}" || rc=$?
+    kill -0 "${pids[$i]}" 2>/dev/null || break
+  done
+  if [[ $rc -eq 143 ]]; then
+    preempted=1  # stopped by a preemption notice after saving a checkpoint: the others stop at the same step
+  elif [[ $rc -ne 0 ]]; then
+    echo "process $i failed (status $rc); see $LOG_DIR/process_${i}.log" >&2
     status=1
     cleanup
   fi
 done
 cat "$LOG_DIR/process_0.log"
+if [[ $status -eq 0 && $preempted -eq 1 ]]; then
+  echo "preempted: checkpoint saved; run the same command again to resume" >&2
+  exit 143
+fi
 exit $status

@@ -11,12 +11,19 @@
 #
 # Reads:   TPU_NAME, ZONE, PROJECT (gcloud default if unset), ACCELERATOR_TYPE (v5p-128),
 #          RUNTIME_VERSION (v2-alpha-tpuv5), SPOT (1: preemptible capacity), CONFIG, WORKDIR,
-#          REMOTE_DIR (baichuan_audio_jax, relative to the home directory), WORKER (0, for logs).
-#          WORKDIR must be a directory all workers mount (Filestore/NFS, gcsfuse).
+#          REMOTE_DIR (baichuan_audio_jax, relative to the home directory), WORKER (0, for logs),
+#          MAX_RESTARTS (100). WORKDIR is a gs://bucket/path (written directly) or a directory all
+#          workers mount (Filestore/NFS, gcsfuse).
 # Sets on every worker: PYTHONUNBUFFERED=1; jax.distributed finds the slice's workers by
 #          itself (TPU_WORKER_HOSTNAMES / TPU_WORKER_ID of the TPU VM runtime).
 # Output:  $REMOTE_DIR/train.log on each worker; metrics, TensorBoard and checkpoints in $WORKDIR.
-# A preempted run resumes from the latest checkpoint: `run` again with the same WORKDIR.
+# Preemption: `train` turns SIGTERM (and the TPU maintenance-event notice) into "finish the step,
+#          save a checkpoint at it on every worker, exit 143". `run` restarts the command on each
+#          worker after a 143 exit (up to MAX_RESTARTS times, default 100), so a maintenance event
+#          that keeps the VMs costs one restore. Spot/queued capacity that deletes the VMs: create
+#          the slice again (or let the queued resource do it), `install`, and `run` with the same
+#          WORKDIR; it resumes from the latest checkpoint. Exit 3 (diverged) or 2 (bad config or
+#          input) is not restarted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,15 +63,20 @@ case "$cmd" in
     : "${CONFIG:?set CONFIG=configs/....py}"
     : "${WORKDIR:?set WORKDIR to a directory every worker mounts (Filestore/NFS, gcsfuse)}"
     args=$(printf ' %q' "$@")
-    on_workers all "cd $REMOTE_DIR && PYTHONUNBUFFERED=1 nohup .venv/bin/python -m baichuan_audio_jax train \
-      --no-progress --config $CONFIG --workdir $WORKDIR$args > train.log 2>&1 &"
+    restarts=${MAX_RESTARTS:-100}
+    loop="for i in \$(seq 0 $restarts); do .venv/bin/python -m baichuan_audio_jax train --no-progress \
+      --config $CONFIG --workdir $WORKDIR$args; rc=\$?; [ \$rc -eq 143 ] || break; \
+      echo \"preempted (143): restarting from the checkpoint\"; sleep 10; done"
+    on_workers all "cd $REMOTE_DIR && PYTHONUNBUFFERED=1 nohup bash -c '$loop' >> train.log 2>&1 &"
     echo "started on all workers of $TPU_NAME; follow with: TPU_NAME=$TPU_NAME ZONE=$ZONE $0 logs"
     ;;
   logs)
     on_workers "$WORKER" "tail -n 100 -F $REMOTE_DIR/train.log"
     ;;
   stop)
-    on_workers all "pkill -INT -f 'baichuan_audio_jax train' || true"
+    # SIGINT: every worker saves a checkpoint at an agreed step and exits 143; the restart loop is
+    # stopped first so it does not start the run again.
+    on_workers all "pkill -f 'for i in .*baichuan_audio_jax train' || true; pkill -INT -f 'baichuan_audio_jax train' || true"
     ;;
   delete)
     "${GCLOUD[@]}" delete "$TPU_NAME" "${COMMON[@]}" --quiet

@@ -15,7 +15,7 @@ import soundfile as sf
 
 from baichuan_audio_jax.audio.resample import DEFAULT_LOWPASS_FILTER_WIDTH, resample
 
-REASONS = ("missing", "empty", "corrupt", "too_many_channels", "too_short", "too_long")
+REASONS = ("missing", "empty", "corrupt", "nonfinite", "too_many_channels", "too_short", "too_long")
 
 
 class AudioError(ValueError):
@@ -63,6 +63,10 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         raise AudioError(path, "corrupt", short)
     if data.shape[0] == 0:
         raise AudioError(path, "empty", "no samples")
+    bad = ~np.isfinite(data)
+    if bad.any():  # float WAV/FLAC can hold NaN or inf; they would poison features and codes
+        first = int(np.argmax(bad.any(axis=1)))
+        raise AudioError(path, "nonfinite", f"{int(bad.sum())} NaN/inf samples, the first at {first / sr:.3f} s")
     return np.ascontiguousarray(data.T), int(sr)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 HELP = ("Train (or resume training) on the devices of this host or of a multi-host job. Builds the "
         "mesh from config.mesh, prints the trainable parameters of config.stage, resumes from the "
@@ -9,7 +10,9 @@ HELP = ("Train (or resume training) on the devices of this host or of a multi-ho
         "TensorBoard events under WORKDIR/tensorboard and checkpoints; with eval_every > 0, runs the "
         "eval.suite on the live parameters every eval_every steps (WORKDIR/eval). Multi-host jobs start "
         "jax.distributed from BAICHUAN_COORDINATOR / BAICHUAN_NUM_PROCESSES / BAICHUAN_PROCESS_ID "
-        "(or the flags below), or automatically on TPU pods and SLURM.")
+        "(or the flags below), or automatically on TPU pods and SLURM. SIGTERM/SIGINT (preemption) "
+        "finish the current step, save a checkpoint at it and exit with status 143: run the same "
+        "command again to resume. Exit status 3: the training diverged (train.nonfinite=stop).")
 ACCEPTS_CONFIG_OVERRIDES = True
 
 
@@ -31,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from baichuan_audio_jax.config import format_config, load_config
     from baichuan_audio_jax.evaluation.periodic import periodic_eval
     from baichuan_audio_jax.training import compile_cache, distributed
+    from baichuan_audio_jax.training.preemption import Preempted
     from baichuan_audio_jax.training.trainer import train
 
     config = load_config(args.config, args.config_overrides)
@@ -43,5 +47,9 @@ def run(args: argparse.Namespace) -> int:
     if args.coordinator:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     hook = periodic_eval(config, args.workdir)  # eval_every > 0: the eval suite on the live parameters
-    train(config, args.workdir, progress=not args.no_progress, hooks=[hook] if hook else [])
+    try:
+        train(config, args.workdir, progress=not args.no_progress, hooks=[hook] if hook else [])
+    except Preempted as e:
+        print(f"baichuan-audio train: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
     return 0

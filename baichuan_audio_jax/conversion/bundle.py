@@ -47,6 +47,7 @@ from jax.sharding import Mesh, SingleDeviceSharding
 from baichuan_audio_jax.config import ModelConfig, load_config, model_config_to_json
 from baichuan_audio_jax.conversion.components import COMPONENTS, components_of
 from baichuan_audio_jax.conversion.orbax_io import OrbaxParams, save_tree
+from baichuan_audio_jax.errors import array_of, cause_of
 from baichuan_audio_jax.models.baichuan_audio import BaichuanAudio
 from baichuan_audio_jax.sharding import state_shardings
 from baichuan_audio_jax.staging import staged_directory, staging_path
@@ -315,7 +316,10 @@ def restore_state(directory: str, abstract_state: Any, shardings: Any = None) ->
         flat_sh = _flat_shardings(state_shardings(abstract_state, shardings), flat)
     else:
         flat_sh = _flat_shardings(shardings, flat)
-    stored = OrbaxParams(directory)
+    try:
+        stored = OrbaxParams(directory)
+    except Exception as e:  # Orbax/TensorStore raise many types for damaged or absent metadata
+        raise BundleError(f"{directory}: cannot read the checkpoint's metadata: {cause_of(e)}") from e
     problems = []
     for p, var in flat.items():
         v = var.get_value()
@@ -330,10 +334,15 @@ def restore_state(directory: str, abstract_state: Any, shardings: Any = None) ->
     target = traverse_util.unflatten_dict({
         p: jax.ShapeDtypeStruct(var.get_value().shape, var.get_value().dtype, sharding=flat_sh[p])
         for p, var in flat.items()})
-    restored = ocp.PyTreeCheckpointer().restore(
-        os.path.abspath(directory),
-        args=ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                    partial_restore=True))
+    try:
+        restored = ocp.PyTreeCheckpointer().restore(
+            os.path.abspath(directory),
+            args=ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                        partial_restore=True))
+    except Exception as e:  # truncated or missing array files surface as TensorStore errors
+        array = array_of(e)
+        raise BundleError(f"{directory}: cannot read " + (f"array {array}" if array else "the checkpoint")
+                          + f": {cause_of(e)}") from e
     nnx.replace_by_pure_dict(abstract_state, restored)
     return abstract_state
 

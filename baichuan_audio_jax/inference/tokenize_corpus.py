@@ -6,8 +6,10 @@
   :class:`~baichuan_audio_jax.audio.io.AudioError` naming it.
 * :func:`tokenize_manifest` reads a JSONL manifest (``records.py``) and writes every record with
   the codes of its audio references to ArrayRecord shards ``<stem>-NNNNN-of-MMMMM.array_record``
-  (``records.encode_tokenized``). A record whose audio cannot be read, or whose line is not a JSON
-  object, is skipped and counted by reason; the summary lists every skipped item.
+  (``records.encode_tokenized``). Every record is first checked by the validator ``data check``
+  and the training pipelines use (:mod:`baichuan_audio_jax.record_schema`); a record it rejects,
+  or whose audio cannot be read, is skipped and counted under the same reason names; the summary
+  lists every skipped item.
 
 Both gather several files per step so the runtime batches their chunks (the next step's files are
 read and resampled on a thread pool while the current one encodes), show a progress bar with
@@ -32,6 +34,7 @@ from tqdm import tqdm
 
 from baichuan_audio_jax.audio.io import AudioError
 from baichuan_audio_jax.inference.audio_tokenizer import AudioTokenizerRuntime
+from baichuan_audio_jax.record_schema import RecordError, validate
 from baichuan_audio_jax.records import (
     ManifestLineError,
     audio_refs,
@@ -236,13 +239,26 @@ class ShardWriter:
         return final
 
 
-def _manifest_steps(manifest: str, files_per_step: int) -> Iterator[list[tuple[str, dict | ManifestLineError, list]]]:
-    """Groups of (source, record or line error, resolved audio paths) holding ≥ files_per_step
-    audio references (the last group may hold fewer)."""
+def _checked(rec: dict | ManifestLineError) -> dict | RecordError:
+    """The record, or why the shared validator rejects it (``bad_json``, ``unknown_task``,
+    ``invalid_record``)."""
+    if isinstance(rec, ManifestLineError):
+        return RecordError("bad_json", str(rec).split(": ", 1)[-1])
+    try:
+        validate(rec)
+    except RecordError as e:
+        return e
+    return rec
+
+
+def _manifest_steps(manifest: str, files_per_step: int) -> Iterator[list[tuple[str, dict | RecordError, list]]]:
+    """Groups of (source, record or why it is rejected, resolved audio paths) holding ≥
+    files_per_step audio references (the last group may hold fewer)."""
     name = os.path.basename(manifest)
     step, files = [], 0
-    for line, rec in read_manifest(manifest):
-        paths = [] if isinstance(rec, ManifestLineError) else [resolve_audio_path(manifest, r) for r in audio_refs(rec)]
+    for line, raw in read_manifest(manifest):
+        rec = _checked(raw)
+        paths = [] if isinstance(rec, RecordError) else [resolve_audio_path(manifest, r) for r in audio_refs(rec)]
         step.append((f"{name}:{line}", rec, paths))
         files += len(paths)
         if files >= files_per_step:
@@ -283,8 +299,8 @@ def tokenize_manifest(runtime: AudioTokenizerRuntime, manifest: str, out_dir: st
             for source, rec, paths in step:
                 records_seen += 1
                 mine, k = loaded[k:k + len(paths)], k + len(paths)
-                if isinstance(rec, ManifestLineError):
-                    skip(source, "invalid_record", None, str(rec).split(": ", 1)[-1])
+                if isinstance(rec, RecordError):
+                    skip(source, rec.reason, None, rec.detail)
                     continue
                 bad = next((w for w in mine if isinstance(w, AudioError)), None)
                 if bad is not None:

@@ -7,7 +7,12 @@
 * a tqdm progress line on the terminal: steps/s, ETA, loss and tokens/s.
 
 On resume, lines and events past the restored step are dropped first, so the files describe a
-single run however often it was interrupted.
+single run however often it was interrupted (``redone_steps``: how many steps were dropped, for the
+goodput record).
+
+The workdir may be a URL (``gs://bucket/run``, through ``etils.epath``): object stores cannot
+append, so there ``metrics.jsonl`` is rewritten at each log step; TensorBoard writes ``gs://``
+through tensorboardX's own writer (which needs ``google-cloud-storage``).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import os
 import time
 from typing import Mapping
 
+from etils import epath
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
@@ -24,15 +30,19 @@ class MetricsWriter:
     def __init__(self, workdir: str, *, start_step: int, total_steps: int, enabled: bool = True,
                  progress: bool = True):
         self.enabled = enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = epath.Path(workdir) / "metrics.jsonl"
+        self.appendable = "://" not in os.fspath(workdir)
+        self.lines: list[str] = []  # the whole file, where it cannot be appended to
         self.bar = None
         self.tb = None
+        self.redone_steps = 0
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        _truncate_after(self.path, start_step)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lines, last_dropped = _truncate_after(self.path, start_step)
+        self.redone_steps = max(last_dropped - start_step, 0)
 
-        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
+        self.tb = SummaryWriter(os.path.join(os.fspath(workdir), "tensorboard"), purge_step=start_step + 1)
         if progress:
 
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
@@ -42,8 +52,13 @@ class MetricsWriter:
         if not self.enabled:
             return
         record = {"step": int(step), **{k: float(v) for k, v in values.items()}, "time": time.time()}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        if self.appendable:
+            with open(self.path, "a") as f:
+                f.write(line)
+        else:
+            self.lines.append(line)
+            self.path.write_text("".join(self.lines))
         for k, v in values.items():
             self.tb.add_scalar(f"train/{k}", float(v), int(step))
         if self.bar is not None:
@@ -73,24 +88,26 @@ class MetricsWriter:
             self.tb.close()
 
 
-def _truncate_after(path: str, step: int) -> None:
-    """Keeps the records of steps <= ``step`` (a resumed run rewrites the later ones)."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = f.readlines()
-    keep = []
-    for line in lines:
+def _truncate_after(path: epath.Path, step: int) -> tuple[list[str], int]:
+    """Keeps the records of steps <= ``step`` (a resumed run rewrites the later ones); returns
+    the kept lines and the highest step seen (``step`` if none was later)."""
+    if not path.exists():
+        return [], step
+    keep, last = [], step
+    for line in path.read_text().splitlines(keepends=True):
         try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line)
+            s = json.loads(line)["step"]
         except (ValueError, KeyError):
             continue  # a line cut short by a kill
-    with open(path + ".tmp", "w") as f:
-        f.writelines(keep)
-    os.replace(path + ".tmp", path)
+        last = max(last, s)
+        if s <= step:
+            keep.append(line if line.endswith("\n") else line + "\n")
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_text("".join(keep))
+    tmp.replace(path)
+    return keep, last
 
 
-def read_metrics(workdir: str) -> list[dict]:
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def read_metrics(workdir) -> list[dict]:
+    text = (epath.Path(workdir) / "metrics.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -21,7 +21,11 @@ loss's other outputs are combined by the task's ``merge_sums`` (default: summed)
 
 After the optimizer update, a task's ``update_state`` (if any) updates the non-gradient model
 state from those outputs (e.g. EMA codebooks) with its own key, ``fold_in(step key, 1 << 30)``.
-Metrics are the scalar outputs plus whatever ``update_state`` reports.
+Metrics are the scalar outputs plus whatever ``update_state`` reports, and ``nonfinite`` (1.0
+when the loss or the trainable gradient norm is not finite). Under ``train.nonfinite = "skip"``
+such a step leaves parameters, model state and optimizer state unchanged (a ``jnp.where`` on the
+new state inside the program; the step counter still advances past the batch). What the trainer
+does about it: ``training/divergence.py``.
 """
 from __future__ import annotations
 
@@ -141,6 +145,7 @@ def build_program(config, mesh: Mesh, task: Task | None = None, *, donate: bool 
     fields = task.fields(config)
     batch_sh = {k: mesh_lib.batch_sharding(mesh, (rows, *shape)) for k, (_, shape) in fields.items()}
     merge = task.merge_sums or (lambda a, b: jax.tree.map(jnp.add, a, b))
+    skip_nonfinite = str(train_cfg.get("nonfinite", "stop")) == "skip"
 
     def loss_of(params, model_state, microbatch, denominators, rng, step):
         model = nnx.merge(graphdef, params, model_state)
@@ -160,10 +165,15 @@ def build_program(config, mesh: Mesh, task: Task | None = None, *, donate: bool 
             model_state, state_metrics = task.update_state(model_state, params, batch, sums,
                                                            jax.random.fold_in(state.step_key(), 1 << 30), state.step,
                                                            train_cfg)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if skip_nonfinite:  # train.nonfinite=skip: a non-finite step leaves the whole state as it was
+            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+            params, model_state, opt_state = (keep(params, state.params), keep(model_state, state.model_state),
+                                              keep(opt_state, state.opt_state))
         new = state.replace(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state)
         scalars = {k: v for k, v in sums.items() if jnp.ndim(v) == 0}
         metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step), **scalars,
-                   **state_metrics}
+                   **state_metrics, "nonfinite": 1.0 - finite.astype(jnp.float32)}
         return new, metrics
 
     def forward_backward(state: TrainState, batch: dict):

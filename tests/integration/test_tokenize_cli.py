@@ -41,14 +41,18 @@ def corpus(speech_dir, tmp_path_factory):
     lines = [
         {"uttid": "a", "audio": "audio/short.wav", "text": "x"},
         {"uttid": "b", "audio": "audio/missing.wav", "text": "y"},
-        {"uttid": "c", "turns": [{"audio": str(speech_dir / "zh_med_1497.wav")}, {"text": "hi"},
-                                 {"audio": "audio/short.wav"}]},
-        {"uttid": "d", "audio": "audio/empty.wav"},
+        {"uttid": "c", "task": "chat", "turns": [{"role": "user", "audio": str(speech_dir / "zh_med_1497.wav")},
+                                                 {"role": "assistant", "text": "hi", "audio": "audio/short.wav"}]},
+        {"uttid": "d", "task": "audio", "audio": "audio/empty.wav"},
         "this line is not JSON",
-        {"uttid": "e", "audio": "audio/truncated.wav"},
-        {"uttid": "f", "audio": "audio/garbage.wav"},
-        {"uttid": "g", "audio": "audio/zero_length.wav"},
-        {"uttid": "h", "text": "text only"},
+        {"uttid": "e", "task": "audio", "audio": "audio/truncated.wav"},
+        {"uttid": "f", "task": "audio", "audio": "audio/garbage.wav"},
+        {"uttid": "g", "task": "audio", "audio": "audio/zero_length.wav"},
+        {"uttid": "h", "task": "text", "text": "text only"},
+        # Rejected by the validator `data check` shares, before any audio is read.
+        {"uttid": "i", "audio": 123, "text": "z"},
+        {"uttid": "j", "task": "foo", "text": "t"},
+        {"uttid": "k", "audio": "audio/short.wav"},
     ]
     with open(d / "train.jsonl", "w") as f:
         for line in lines:
@@ -98,11 +102,16 @@ def test_manifest_mode_skips_bad_audio_by_reason(corpus, speech_dir, weights, tm
     assert rc == 0, captured.err
     printed = json.loads(captured.out)
     summary = json.loads((out / "train.summary.json").read_text())
-    assert printed["skipped"] == summary["skipped"] == {"corrupt": 2, "empty": 2, "invalid_record": 1, "missing": 1}
-    assert summary["records_written"] == 3 and summary["records_skipped"] == 6
-    assert summary["records_in_manifest"] == 9
+    want = {"bad_json": 1, "corrupt": 2, "empty": 2, "invalid_record": 1, "missing": 1, "unknown_task": 2}
+    assert printed["skipped"] == summary["skipped"] == want
+    assert summary["records_written"] == 3 and summary["records_skipped"] == 9
+    assert summary["records_in_manifest"] == 12
     reasons = {(i["source"], i["reason"]) for i in summary["skipped_items"]}
-    assert ("train.jsonl:2", "missing") in reasons and ("train.jsonl:5", "invalid_record") in reasons
+    assert ("train.jsonl:2", "missing") in reasons and ("train.jsonl:5", "bad_json") in reasons
+    assert ("train.jsonl:10", "invalid_record") in reasons and ("train.jsonl:11", "unknown_task") in reasons
+    # `data check` rejects the same records under the same reasons.
+    assert main(["data", "check", "--manifest", str(corpus / "train.jsonl"), "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"total": 12, "ok": 3, "skipped": want}
     for item in summary["skipped_items"]:
         assert f"skipped {item['source']}: {item['reason']}" in captured.err  # reported as it happens
     shards = sorted(out.glob("train-*.array_record"))
