@@ -64,6 +64,7 @@ class ServeSettings:
     stream_steps: int = 8  # decoding steps between returns to the host (text streaming granularity)
     warm_up: bool = True  # compile the batch sizes' programs at start-up
     warm_up_audio_seconds: float = 5.0  # input audio length the start-up compiles for (ASR, chat)
+    warm_up_modes: tuple[str, ...] | None = None  # modes compiled at start-up (default: every mode served)
 
 
 class APIError(Exception):
@@ -149,6 +150,8 @@ class Server:
                                                  system=DEFAULT_SYSTEM_PROMPT)]))
         if self.speaks:
             kinds.append(("tts", self.gen.prompts.tts("你好，今天天气不错。")))
+        if self.settings.warm_up_modes is not None:
+            kinds = [(m, p) for m, p in kinds if m in self.settings.warm_up_modes]
         for b in self.scheduler.batch_sizes:
             for mode, prompts in kinds:
                 t0 = time.perf_counter()
