@@ -24,10 +24,9 @@ DRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (BROWSER and DRIVER), reason="no browser: the browser test needs Debian's "
                                 "chromium and chromium-driver packages (apt-get install chromium chromium-driver)")
 
-LIMIT = 16
+LIMIT = 16  # the settings of test_serve_api.py: the programs it compiled are reused
 SETTINGS = ServeSettings(max_batch=4, batch_sizes=(4,), max_wait_ms=300, max_new_tokens=LIMIT, stream_steps=2,
-                         max_upload_seconds=30, request_timeout=300,
-                         chat_text_tokens=4)
+                         max_upload_seconds=30, request_timeout=300, chat_text_tokens=4, warm_up_audio_seconds=4.5)
 
 
 @pytest.fixture(scope="module")
