@@ -552,8 +552,8 @@ async def _answer(server: Server, ws: WebSocket, gone: asyncio.Event, history: l
                 ev, source = f.result(), getters[f]
                 if source == "gone":
                     raise _Gone()
-                elif source == "asr":
-                    pending_asr = False
+                elif source == "asr":  # its text deltas are not shown: the transcript comes whole
+                    pending_asr = ev[0] not in ("done", "error")
                     if ev[0] == "done":
                         await ws.send_json({"type": "transcript", "text": ev[1].text.strip()})
                 elif ev[0] == "text":
