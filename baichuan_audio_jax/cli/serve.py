@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-context", type=int, help="longest sequence in tokens (default: the model's)")
     p.add_argument("--stream-steps", type=int, default=8,
                    help="decoding steps between hand-overs of new text to the clients")
+    p.add_argument("--chat-text-tokens", type=int,
+                   help="spoken chat: text tokens written per segment before speaking it (default: the reference's 50)")
     p.add_argument("--no-warm-up", action="store_true", help="compile on first use instead of at start-up")
     p.add_argument("--warm-up-audio-seconds", type=float, default=5.0,
                    help="input audio length the start-up compiles for; other lengths may compile on first use")
@@ -57,7 +59,7 @@ def settings_from_args(args, CLIError):
                          batch_sizes=sizes, request_timeout=args.timeout, max_upload_seconds=args.max_upload_seconds,
                          max_upload_mb=args.max_upload_mb, max_new_tokens=args.max_new_tokens,
                          stream_steps=args.stream_steps, warm_up=not args.no_warm_up,
-                         warm_up_audio_seconds=args.warm_up_audio_seconds)
+                         warm_up_audio_seconds=args.warm_up_audio_seconds, chat_text_tokens=args.chat_text_tokens)
 
 
 def run(args: argparse.Namespace) -> int:

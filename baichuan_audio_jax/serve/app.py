@@ -64,6 +64,8 @@ class ServeSettings:
     stream_steps: int = 8  # decoding steps between returns to the host (text streaming granularity)
     warm_up: bool = True  # compile the batch sizes' programs at start-up
     warm_up_audio_seconds: float = 5.0  # input audio length the start-up compiles for (ASR, chat)
+    warm_up_modes: tuple[str, ...] | None = None  # modes compiled at start-up (default: every mode served)
+    chat_text_tokens: int | None = None  # spoken chat: text tokens per segment before speaking (default: 50)
 
 
 class APIError(Exception):
@@ -123,7 +125,7 @@ class Server:
         def emit(event):
             loop.call_soon_threadsafe(events.put_nowait, event)
 
-        job = build_job(self.gen, mode, prompts, options, emit, timeout=self.settings.request_timeout)
+        job = self.build(mode, prompts, options, emit, timeout=self.settings.request_timeout)
         tokens = len(job.request.prompt_ids) + sum(len(c) for c in job.request.continuations)
         if tokens >= self.gen.engine.max_context:
             what = {"asr": "file", "tts": "input"}.get(mode, "conversation")
@@ -134,6 +136,13 @@ class Server:
         except QueueFull as e:
             raise APIError(503, str(e)) from None
         return job, events
+
+    def build(self, mode: str, prompts: list, options: dict, emit, **kw) -> Job:
+        job = build_job(self.gen, mode, prompts, options, emit, **kw)
+        n = self.settings.chat_text_tokens
+        if mode == "s2s" and n:
+            job.protocol = dataclasses.replace(job.protocol, first_text_max_tokens=n, later_text_max_tokens=n)
+        return job
 
     def warm_up(self) -> None:
         """One batch of every compiled size in every mode the bundle has, on synthetic input."""
@@ -149,10 +158,12 @@ class Server:
                                                  system=DEFAULT_SYSTEM_PROMPT)]))
         if self.speaks:
             kinds.append(("tts", self.gen.prompts.tts("你好，今天天气不错。")))
+        if self.settings.warm_up_modes is not None:
+            kinds = [(m, p) for m, p in kinds if m in self.settings.warm_up_modes]
         for b in self.scheduler.batch_sizes:
             for mode, prompts in kinds:
                 t0 = time.perf_counter()
-                jobs = [build_job(self.gen, mode, prompts, self.options(), lambda e: None) for _ in range(b)]
+                jobs = [self.build(mode, prompts, self.options(), lambda e: None) for _ in range(b)]
                 self.scheduler.warm_up([jobs])
                 log.info("warm-up: %s at batch size %d in %.1f s", mode, b, time.perf_counter() - t0)
         if self.scheduler.speech is not None:
@@ -541,8 +552,8 @@ async def _answer(server: Server, ws: WebSocket, gone: asyncio.Event, history: l
                 ev, source = f.result(), getters[f]
                 if source == "gone":
                     raise _Gone()
-                elif source == "asr":
-                    pending_asr = False
+                elif source == "asr":  # its text deltas are not shown: the transcript comes whole
+                    pending_asr = ev[0] not in ("done", "error")
                     if ev[0] == "done":
                         await ws.send_json({"type": "transcript", "text": ev[1].text.strip()})
                 elif ev[0] == "text":

@@ -24,7 +24,8 @@ from baichuan_audio_jax.serve.runner import ServerThread
 
 LIMIT = 16  # new tokens per request (the server's cap): one speech bucket to compile
 SETTINGS = ServeSettings(max_batch=4, batch_sizes=(4,), max_wait_ms=300, max_new_tokens=LIMIT, stream_steps=2,
-                         max_upload_seconds=30, request_timeout=300, warm_up_audio_seconds=4.5)  # the recording's
+                         max_upload_seconds=30, request_timeout=300,
+                         chat_text_tokens=4, warm_up_audio_seconds=4.5)  # the recording's
 
 
 @pytest.fixture(scope="module")
@@ -225,9 +226,10 @@ def test_spoken_chat_streams_text_and_audio_and_keeps_history(server, speech_byt
     text = "".join(m["delta"] for k, m in first if k == "text")
     assert text.strip() == done["text"].strip()
     audio = b"".join(m for k, m in first if k == "audio")
-    if done["audio_seconds"]:
-        assert len(audio) == 2 * round(done["audio_seconds"] * 24000)
-        assert kinds.index("audio") < len(kinds) - 1  # audio arrived before the end
+    # at most 4 text tokens (chat_text_tokens), then speech within the limit
+    assert 0 < done["audio_seconds"] <= _samples(LIMIT - 1) / 24000
+    assert len(audio) == 2 * round(done["audio_seconds"] * 24000)
+    assert kinds.index("text") < kinds.index("audio")  # text streamed first, then the speech
     assert second[-1][0] == "done" and third[-1][0] == "done"
     assert bad[-1][0] == "error" and "not an audio file" in bad[-1][1]["message"]
 
