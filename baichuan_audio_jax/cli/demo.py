@@ -8,7 +8,7 @@ import os
 HELP = ("Train every model from scratch on the bundled demo corpus (audio tokenizer, flow-matching "
         "decoder, audio LLM stage 1 and 2 on ASR/TTS/ITTS), assemble them into a model bundle "
         "(OUT/model, usable by `generate --checkpoint`), transcribe the held-out utterances, speak a few "
-        "held-out sentences (OUT/tts_*.wav) and write OUT/report.json (word error rates, tokenizer mel "
+        "held-out sentences (OUT/eval/tts/*.wav) and write OUT/report.json (word error rates, tokenizer mel "
         "MAE, losses and wall time per stage). Runs resume: a second run into OUT evaluates again.")
 ACCEPTS_CONFIG_OVERRIDES = True
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "demo.py")

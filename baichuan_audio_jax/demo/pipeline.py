@@ -32,7 +32,7 @@ Stages (each a function of the demo config, writing under the output directory `
    Griffin-Lim) vocoder, the text tokenizer and the config as one model bundle (``OUT/model``,
    what ``generate --checkpoint`` reads). Without a vocoder speech is rendered by Griffin-Lim;
 10. ``evaluate``: held-out transcription (word error rate), a few held-out sentences spoken
-   (``OUT/tts_*.wav``) and transcribed back by the same model (round-trip word error rate).
+   (``OUT/eval/tts/<line>.wav``) and transcribed back by the same model (round-trip word error rate).
 
 Training runs resume from their checkpoints, so running the demo again into the same ``OUT``
 skips finished training and evaluates again. ``OUT/report.json`` holds the numbers and the wall
