@@ -7,7 +7,7 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast parity plan bench lint docs clean
+.PHONY: install demo test test-all test-fast parity plan bench lint docs clean
 
 install: $(STAMP)
 
@@ -20,8 +20,12 @@ $(STAMP): setup.py
 demo: install
 	$(PY) -m baichuan_audio_jax demo --out demo_out
 
-# Every layer (unit, parity, integration): what CI runs.
+# Every layer (unit, parity, integration) except the long end-to-end runs marked slow: what CI runs.
 test: install
+	$(PY) -m pytest -q tests -m "not slow" $(PYTEST_ARGS)
+
+# Everything, the slow end-to-end runs included (preemption, divergence, every mesh shape, the demo).
+test-all: install
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 
 # The unit layer only: fast, no fixtures needed (docs/architecture.md).

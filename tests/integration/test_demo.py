@@ -9,6 +9,8 @@ import soundfile as sf
 
 from tests.training_helpers import cli_env, run_cli
 
+pytestmark = pytest.mark.slow  # minutes on 2 cores: `make test-all`
+
 SHORT = ["llm_text_steps=2", "encoder_asr_steps=3", "tokenizer_steps=3", "flow_steps=2", "llm_stage1_steps=2",
          "llm_stage2_steps=3",
          "concatenated_asr=400", "asr_utterances=2", "tts_sentences=1", "llm_batch_size=4", "llm_seq_len=192",

@@ -15,6 +15,8 @@ import sys
 import pytest
 from training_helpers import REPO, cli_env
 
+pytestmark = pytest.mark.slow  # minutes on 2 cores: `make test-all`
+
 MESHES = {4: [(4, 1, 1), (1, 4, 1), (1, 2, 2), (2, 2, 1)], 8: [(8, 1, 1), (2, 2, 2), (1, 4, 2), (1, 8, 1)]}
 
 DRIVER = """

@@ -6,6 +6,8 @@ import subprocess
 import pytest
 from training_helpers import REPO, cli_env, run_cli
 
+pytestmark = pytest.mark.slow  # minutes on 2 cores: `make test-all`
+
 
 def _train(config, workdir, *extra):
     return ["train", "--config", str(config), "--workdir", str(workdir), "--no-progress", *extra]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import pytest  # noqa: E402
 from training_helpers import tiny_run_config
 
 from baichuan_audio_jax.sharding import make_mesh
 from baichuan_audio_jax.training.data_sources import build_iterator
 from baichuan_audio_jax.training.train_step import build_program
+
+pytestmark = pytest.mark.slow  # minutes on 2 cores: `make test-all`
 
 
 def test_skip_leaves_state_unchanged_on_a_nan_step():
