@@ -13,18 +13,6 @@ from data_pipelines.demo_corpus import CORPUS_DIR, TRAIN_MANIFEST
 
 
 @pytest.fixture(scope="module")
-def sp_model(tmp_path_factory):
-    from baichuan_audio_jax.text.tokenizer import train_sentencepiece
-    from data_pipelines.manifest import record_texts
-
-    cfg = ModelConfig.from_config(load_config(REPO / "configs" / "encoder_asr_tiny.py").model)
-    texts = [t for line in open(TRAIN_MANIFEST) for t in record_texts(json.loads(line))]
-    path = tmp_path_factory.mktemp("sp") / "demo.model"
-    train_sentencepiece(texts, path, cfg.tokens, vocab_size=cfg.llm.vocab_size)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
     lines = [json.loads(x) for x in open(TRAIN_MANIFEST)][:2]
     for rec in lines:
