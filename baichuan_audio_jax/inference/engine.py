@@ -439,6 +439,10 @@ class DecodingEngine:
         """(batch, cache size, frame buffer): what a compiled loop is specialised to."""
         return ds.valid.shape[0], ds.valid.shape[1], ds.rows.segment_codes.shape[1]
 
+    def decode(self, requests: Sequence[Request], protocol: il.Protocol) -> "Decoding":
+        """Prefills ``requests`` and returns the batch, to be stepped by the caller (see :class:`Decoding`)."""
+        return Decoding(self, requests, protocol)
+
     def generate(self, requests: Sequence[Request], protocol: il.Protocol,
                  on_segment: SegmentCallback | None = None,
                  on_progress: Callable[[np.ndarray, list[int]], None] | None = None,
@@ -446,64 +450,109 @@ class DecodingEngine:
         """Runs every request to its end. ``on_segment(row, codes)`` is called as soon as a row
         finishes an audio segment (codes int32 [N, 8], possibly empty); ``on_progress(new tokens
         per row, new-token limits)`` at least every ``progress_steps`` steps."""
-        ds, params, budgets = self.start(requests, protocol)
-        tables, _ = self.stop_tables(protocol)
-        size = ds.valid.shape[1]
-        pending = [list(r.continuations) for r in requests]
-        segments: list[list[np.ndarray]] = [[] for _ in requests]
-        text_ends: list[list[int]] = [[] for _ in requests]
-
-        def emit(row: int, codes: np.ndarray, text_count: int) -> None:
-            segments[row].append(codes)
-            text_ends[row].append(int(text_count))
-            if on_segment is not None:
-                on_segment(row, codes)
-
-        while True:
-            ds = self.run(ds, protocol, params, progress_steps if on_progress is not None else 1 << 30)
-            rows = jax.tree.map(np.array, jax.device_get(ds.rows))
+        batch = self.decode(requests, protocol)
+        steps = progress_steps if on_progress is not None else 1 << 30
+        while batch.running:
+            for seg in batch.step(steps):
+                if on_segment is not None:
+                    on_segment(seg.row, seg.codes)
             if on_progress is not None:
-                on_progress(rows.generated.copy(), budgets)
-            index = int(ds.index)
-            for r in np.flatnonzero(rows.event):
-                emit(int(r), rows.segment_codes[r, :rows.frame_count[r]].copy(), rows.out_count[r])
-            modified = False
-            active = (rows.phase == il.TEXT) | (rows.phase == il.AUDIO)
-            if index >= size and active.any():  # the cache is full: stop cleanly
-                for r in np.flatnonzero(active):
-                    if rows.phase[r] == il.AUDIO:
-                        emit(int(r), rows.segment_codes[r, :rows.frame_count[r]].copy(), rows.out_count[r])
-                    rows.phase[r], rows.finish[r] = il.DONE, il.CONTEXT
-                modified = True
-            chunks = {}
-            waiting = np.flatnonzero(rows.phase == il.WAIT)
-            heads = {int(r): np.concatenate([[self.cfg.tokens.audiogen_end_token_id],
-                                             np.asarray(pending[r][0]).reshape(-1)[:-1]]).astype(np.int32)
-                     for r in waiting if pending[r]}
-            fits = not heads or index + sum(self._chunk_plan(max(len(h) for h in heads.values()))) < size
-            for r in waiting:
-                modified = True
-                if r in heads and fits:  # the next text piece: <audiogen_end> piece..., then feed <audiogen_start>
-                    chunks[int(r)] = (heads[r], np.zeros((len(heads[r]), NUM_CODEBOOKS), np.int32))
-                    rows.feed_id[r] = np.asarray(pending[r].pop(0)).reshape(-1)[-1]
-                    rows.feed_codes[r] = 0
-                    rows.frame_count[r] = 0
-                    rows.phase[r] = il.AUDIO
-                else:
-                    rows.phase[r], rows.finish[r] = il.DONE, il.CONTEXT if r in heads else il.EOS
-            if modified:
-                ds = ds._replace(rows=jax.tree.map(jnp.asarray, rows))
-            if chunks:
-                ds = self._extend(ds, chunks, tables)
-            if not ((rows.phase == il.TEXT) | (rows.phase == il.AUDIO)).any():
-                break
-        rows = jax.device_get(ds.rows)
-        ids, valid = np.asarray(ds.ids), np.asarray(ds.valid)
+                on_progress(batch.rows.generated.copy(), batch.budgets)
+        return batch.results()
+
+
+@dataclasses.dataclass
+class Segment:
+    """An audio segment a row finished: its valid frames and how many text tokens preceded its end."""
+
+    row: int
+    codes: np.ndarray  # int32 [N, 8]
+    text_end: int
+
+
+class Decoding:
+    """One batch being decoded, stepped by its caller (:meth:`DecodingEngine.generate`, the server).
+
+    :meth:`step` runs the compiled loop until a row finishes an audio segment or waits, every row
+    is done, or ``max_steps`` steps have run; then it makes the host's phase changes
+    (:mod:`.interleave`): rows cut off by a full cache end with ``context``, waiting rows get their
+    next text piece appended (or end). Between steps the caller may read :attr:`rows` (a host copy)
+    and end rows with :meth:`stop`.
+    """
+
+    def __init__(self, engine: DecodingEngine, requests: Sequence[Request], protocol: il.Protocol):
+        self.engine, self.protocol = engine, protocol
+        self.ds, self.params, self.budgets = engine.start(requests, protocol)
+        self.tables, _ = engine.stop_tables(protocol)
+        self.pending = [list(r.continuations) for r in requests]
+        self.segments: list[list[Segment]] = [[] for _ in requests]
+        self.rows = self._host_rows()
+        self._changed = False
+
+    def _host_rows(self) -> il.RowState:
+        return jax.tree.map(np.array, jax.device_get(self.ds.rows))
+
+    @property
+    def running(self) -> bool:
+        """Some row still decodes (or has its next text piece pending)."""
+        return bool(il.decoding(self.rows).any())
+
+    def stop(self, which, reason: int = il.STOP) -> None:
+        """Ends rows ``which`` (indices or a bool mask) before the next step."""
+        il.finish(self.rows, which, reason)
+        self._changed = True
+
+    def _segment(self, r: int) -> Segment:
+        rows = self.rows
+        seg = Segment(int(r), rows.segment_codes[r, :rows.frame_count[r]].copy(), int(rows.out_count[r]))
+        self.segments[r].append(seg)
+        return seg
+
+    def step(self, max_steps: int = 1 << 30) -> list[Segment]:
+        """Decodes up to ``max_steps`` steps; returns the audio segments finished meanwhile."""
+        eng, tokens = self.engine, self.engine.cfg.tokens
+        if self._changed:
+            self.ds = self.ds._replace(rows=jax.tree.map(jnp.asarray, self.rows))
+            self._changed = False
+        self.ds = eng.run(self.ds, self.protocol, self.params, max_steps)
+        rows = self.rows = self._host_rows()
+        index, size = int(self.ds.index), self.ds.valid.shape[1]
+        done = [self._segment(r) for r in np.flatnonzero(rows.event)]
+        active = il.decoding(rows)
+        if index >= size and active.any():  # the cache is full: stop cleanly
+            done += [self._segment(r) for r in np.flatnonzero(active & (rows.phase == il.AUDIO))]
+            il.finish(rows, active, il.CONTEXT)
+            self._changed = True
+        waiting = np.flatnonzero(rows.phase == il.WAIT)
+        heads = {int(r): il.continuation_head(self.pending[r][0], tokens) for r in waiting if self.pending[r]}
+        fits = not heads or index + sum(eng._chunk_plan(max(len(h) for h in heads.values()))) < size
+        chunks = {}
+        for r in waiting:
+            self._changed = True
+            if r in heads and fits:
+                chunks[int(r)] = (heads[r], np.zeros((len(heads[r]), NUM_CODEBOOKS), np.int32))
+                il.resume(rows, r, self.pending[r].pop(0))
+            else:
+                il.finish(rows, r, il.CONTEXT if r in heads else il.EOS)
+        if chunks:
+            self.ds = self.ds._replace(rows=jax.tree.map(jnp.asarray, rows))
+            self._changed = False
+            self.ds = eng._extend(self.ds, chunks, self.tables)
+        return done
+
+    def results(self) -> list[RowResult]:
+        """Every row's outcome (call when :attr:`running` is false, or after stopping the rest)."""
+        if self._changed:
+            self.ds = self.ds._replace(rows=jax.tree.map(jnp.asarray, self.rows))
+            self._changed = False
+        rows = self.rows
+        ids, valid = np.asarray(self.ds.ids), np.asarray(self.ds.valid)
         out = []
-        for r in range(len(requests)):
+        for r in range(len(self.budgets)):
             n = int(rows.out_count[r])
             out.append(RowResult(
-                text_tokens=[int(t) for t in rows.out_text[r, :n]], segments=segments[r],
+                text_tokens=[int(t) for t in rows.out_text[r, :n]], segments=[s.codes for s in self.segments[r]],
                 finish_reason=il.FINISH_REASONS[int(rows.finish[r])], new_tokens=int(rows.generated[r]),
-                budget=budgets[r], sequence=ids[r][valid[r]], segment_text_ends=text_ends[r]))
+                budget=self.budgets[r], sequence=ids[r][valid[r]],
+                segment_text_ends=[s.text_end for s in self.segments[r]]))
         return out

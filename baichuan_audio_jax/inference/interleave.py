@@ -23,8 +23,10 @@ what the row feeds next:
 Text-only rows (ASR, speech-to-text chat) stop at ``<|endoftext|>`` or their token limit;
 text-to-speech rows have no text phase: the host appends each text piece (``WAIT``).
 
-Everything here is elementwise over rows and jit-friendly; :mod:`.engine` calls it inside its
-compiled loop.
+Everything in :func:`transition` is elementwise over rows and jit-friendly; :mod:`.engine` calls
+it inside its compiled loop. The phase changes the host makes between compiled runs (a row's next
+text piece, a row cut off by a full cache or stopped by its caller) are the functions after it,
+so every phase change of a row lives in this module.
 """
 from __future__ import annotations
 
@@ -203,3 +205,34 @@ def transition(rows: RowState, text_token: jax.Array, stop_fired: jax.Array, cod
 
     out = _where(rows.phase == TEXT, t, rows)
     return _where(rows.phase == AUDIO, a, out)
+
+
+# ----------------------------------------------------------------------------- between compiled runs
+# The host holds a numpy copy of the rows (``jax.device_get``) and changes it in place.
+
+def continuation_head(piece: np.ndarray, tokens: SpecialTokens) -> np.ndarray:
+    """The tokens appended before a text-to-speech row's next text ``piece`` (which ends with
+    ``<audiogen_start>``) is decoded: ``<audiogen_end>`` (replacing the unfed ``<audio_pad>``
+    that ended the previous segment) and the piece but its last token, which the next step feeds."""
+    piece = np.asarray(piece).reshape(-1)
+    return np.concatenate([[tokens.audiogen_end_token_id], piece[:-1]]).astype(np.int32)
+
+
+def resume(rows: RowState, r: int, piece: np.ndarray) -> None:
+    """Row ``r`` (waiting) speaks its next text ``piece``: the next step feeds the piece's
+    ``<audiogen_start>`` and starts a fresh audio segment (its head is appended by the host)."""
+    rows.feed_id[r] = np.asarray(piece).reshape(-1)[-1]
+    rows.feed_codes[r] = 0
+    rows.frame_count[r] = 0
+    rows.phase[r] = AUDIO
+
+
+def finish(rows: RowState, which, reason: int) -> None:
+    """Rows ``which`` (indices or a bool mask) end now with ``reason`` (``EOS``, ``CONTEXT``, ``STOP``...)."""
+    rows.phase[which] = DONE
+    rows.finish[which] = reason
+
+
+def decoding(rows: RowState) -> np.ndarray:
+    """bool [B]: rows still choosing tokens or frames."""
+    return (rows.phase == TEXT) | (rows.phase == AUDIO)

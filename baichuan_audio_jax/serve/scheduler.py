@@ -34,14 +34,12 @@ import traceback
 from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from baichuan_audio_jax.inference import interleave as il
 from baichuan_audio_jax.inference.engine import Request, bucket
 from baichuan_audio_jax.inference.generator import MODES, Generator
 from baichuan_audio_jax.inference.streaming import AudioStream
-from baichuan_audio_jax.models.audio_head import NUM_CODEBOOKS
 from baichuan_audio_jax.serve.speech import BucketedSpeech
 
 log = logging.getLogger("baichuan_audio_jax.serve")
@@ -133,10 +131,6 @@ def batch_ladder(max_batch: int) -> tuple[int, ...]:
         out.append(b)
         b *= 2
     return tuple(out) + (int(max_batch),)
-
-
-def _host(rows: il.RowState) -> il.RowState:
-    return jax.tree.map(np.array, jax.device_get(rows))
 
 
 class Scheduler:
@@ -292,67 +286,28 @@ class Scheduler:
             self.metrics.batch_size.observe(n)
             for j in jobs:
                 self.metrics.queue_seconds.observe(now - j.created)
-        ds, params, budgets = eng.start(requests, protocol)
-        tables, _ = eng.stop_tables(protocol)
-        size = ds.valid.shape[1]
-        rows = _host(ds.rows)
-        rows.phase[n:] = il.DONE  # idle rows only fill the compiled batch size
-        ds = ds._replace(rows=jax.tree.map(jnp.asarray, rows))
-        pending = [list(r.continuations) for r in requests]
+        batch = eng.decode(requests, protocol)
+        batch.stop(np.arange(n, size_b))  # idle rows only fill the compiled batch size
         open_rows = set(range(n))
-        pad = gen.cfg.tokens
         while open_rows:
-            ds = eng.run(ds, protocol, params, self.stream_steps)
-            rows = _host(ds.rows)
-            index = int(ds.index)
+            finished = batch.step(self.stream_steps)
+            rows = batch.rows
             for r in open_rows:
                 self._new_text(jobs[r], rows.out_text[r, len(jobs[r].tokens):rows.out_count[r]])
-            for r in np.flatnonzero(rows.event):
-                if r in open_rows:
-                    self._segment(jobs[r], rows.segment_codes[r, :rows.frame_count[r]].copy(), rows.out_count[r])
-            modified = False
-            active = (rows.phase == il.TEXT) | (rows.phase == il.AUDIO)
-            if index >= size and active.any():  # the cache is full: stop cleanly
-                for r in np.flatnonzero(active):
-                    if rows.phase[r] == il.AUDIO and r in open_rows:
-                        self._segment(jobs[r], rows.segment_codes[r, :rows.frame_count[r]].copy(),
-                                      rows.out_count[r])
-                    rows.phase[r], rows.finish[r] = il.DONE, il.CONTEXT
-                modified = True
-            chunks = {}
-            waiting = np.flatnonzero(rows.phase == il.WAIT)
-            heads = {int(r): np.concatenate([[pad.audiogen_end_token_id],
-                                             np.asarray(pending[r][0]).reshape(-1)[:-1]]).astype(np.int32)
-                     for r in waiting if pending[r]}
-            fits = not heads or index + sum(eng._chunk_plan(max(len(h) for h in heads.values()))) < size
-            for r in waiting:  # a TTS row's next text piece (as DecodingEngine.generate does)
-                modified = True
-                if r in heads and fits:
-                    chunks[int(r)] = (heads[r], np.zeros((len(heads[r]), NUM_CODEBOOKS), np.int32))
-                    rows.feed_id[r] = np.asarray(pending[r].pop(0)).reshape(-1)[-1]
-                    rows.feed_codes[r] = 0
-                    rows.frame_count[r] = 0
-                    rows.phase[r] = il.AUDIO
-                else:
-                    rows.phase[r], rows.finish[r] = il.DONE, il.CONTEXT if r in heads else il.EOS
+            for seg in finished:
+                if seg.row in open_rows:
+                    self._segment(jobs[seg.row], seg.codes, seg.text_end)
             now = time.perf_counter()
             for r in sorted(open_rows):
                 j = jobs[r]
-                live = rows.phase[r] in (il.TEXT, il.AUDIO) or r in chunks
-                if live and (j.cancelled.is_set() or now > j.deadline):
+                if rows.phase[r] != il.DONE and (j.cancelled.is_set() or now > j.deadline):
                     j.stopped = "cancelled" if j.cancelled.is_set() else "timeout"
                     self._count_stop(j.stopped)
-                    rows.phase[r], rows.finish[r] = il.DONE, il.STOP
-                    chunks.pop(r, None)
-                    modified = True
-            if modified:
-                ds = ds._replace(rows=jax.tree.map(jnp.asarray, rows))
-            if chunks:
-                ds = eng._extend(ds, chunks, tables)
+                    batch.stop(r)
             for r in sorted(open_rows):
                 if rows.phase[r] == il.DONE:
                     open_rows.discard(r)
-                    self._finish(jobs[r], rows, r, budgets[r])
+                    self._finish(jobs[r], rows, r, batch.budgets[r])
                     self.running_jobs = len(open_rows)
                     self._gauge()
 
