@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 
 HELP = ("Convert checkpoints between the reference PyTorch layout and model bundles (Orbax), both ways, "
         "streaming one tensor at a time. "
@@ -203,6 +204,8 @@ def _convert(args) -> int:
                                  max_shard_bytes=args.max_shard_size, overwrite=args.overwrite, progress=progress)
     for note in result.notes:
         print(f"note: {note}")
+    for warning in result.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
     print(result.summary())
     return 0
 
@@ -229,5 +232,7 @@ def _init(args) -> int:
                           tokenizer=args.tokenizer, overwrite=args.overwrite, progress=not args.no_progress)
     for note in result.notes:
         print(f"note: {note}")
+    for warning in result.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
     print(result.summary())
     return 0

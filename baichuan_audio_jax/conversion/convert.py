@@ -272,6 +272,16 @@ class ConversionResult:
     seconds: float
     notes: list[str] = dataclasses.field(default_factory=list)
     coverage: Coverage | None = None
+    nonfinite: dict[str, int] = dataclasses.field(default_factory=dict)  # tensor -> NaN/Inf values
+
+    def warnings(self, limit: int = 5) -> list[str]:
+        """One line naming the tensors that hold NaN or Inf values (none when all are finite)."""
+        if not self.nonfinite:
+            return []
+        named = ", ".join(f"{k} ({n} values)" for k, n in list(self.nonfinite.items())[:limit])
+        more = f" and {len(self.nonfinite) - limit} more" if len(self.nonfinite) > limit else ""
+        return [f"{len(self.nonfinite)} tensor(s) hold NaN/Inf values: {named}{more}; the converted checkpoint "
+                "carries them as they are"]
 
     @property
     def gb_per_s(self) -> float:
@@ -280,6 +290,14 @@ class ConversionResult:
     def summary(self) -> str:
         return (f"wrote {self.output}: {self.tensors} tensors, {self.bytes / 1e9:.3f} GB in {self.seconds:.1f}s "
                 f"({self.gb_per_s:.2f} GB/s)")
+
+
+def count_nonfinite(t: np.ndarray) -> int:
+    """NaN and Inf values in a float array (0 for integer arrays)."""
+    t = np.asarray(t)
+    if t.dtype.kind not in "fc" and t.dtype.name != "bfloat16":
+        return 0
+    return int(t.size - np.count_nonzero(np.isfinite(t.astype(np.float32, copy=False))))
 
 
 def plan_leaves(flat: Mapping[Path, jax.ShapeDtypeStruct], concrete: Sequence[Concrete],
@@ -394,10 +412,13 @@ def torch_to_bundle(source: ReferenceCheckpoint, output: str, model_config, *, c
             extras_writer = SafetensorsWriter(os.path.join(staging, EXTRAS_DIR, f"{checkpoint}.safetensors"),
                                               extras, {"format": "pt"})
         prog = Progress(f"torch -> bundle ({checkpoint})", total, len(names), progress)
+        nonfinite: dict[str, int] = {}
 
         async def produce(target: StreamTarget) -> None:
             for c in concrete:
                 t = source.get(c.torch)
+                if bad := count_nonfinite(t):
+                    nonfinite[c.torch] = bad
                 if c.transform is None:
                     extras_writer.write(c.torch, t)
                 else:
@@ -437,7 +458,7 @@ def torch_to_bundle(source: ReferenceCheckpoint, output: str, model_config, *, c
             extras=sorted(os.listdir(extras_dir)) if os.path.isdir(extras_dir) else [],
             source=origin)
         finish_bundle(staging, model_config, merge_info(kept, info, checkpoint))
-    return ConversionResult(output, len(names), total, seconds, notes, cov)
+    return ConversionResult(output, len(names), total, seconds, notes, cov, nonfinite)
 
 
 # ----------------------------------------------------------------------------- bundle -> torch
@@ -536,6 +557,7 @@ def bundle_to_torch(bundle: str, output: str, *, checkpoint: str = "model", dtyp
     output = os.path.abspath(output)
     prog = Progress(f"bundle -> torch ({checkpoint})", sum(s.nbytes for s in specs), len(specs), progress)
     staged = staged_file(output, overwrite=overwrite) if single_file else staged_directory(output, overwrite=overwrite)
+    nonfinite: dict[str, int] = {}
     try:
         with staged as staging:
             writer = (file_writer(staging, specs, name=output) if single_file
@@ -546,6 +568,8 @@ def bundle_to_torch(bundle: str, output: str, *, checkpoint: str = "model", dtyp
                         t = extras.get(c.torch) if c.torch not in zeros else np.zeros(spec.shape, spec.dtype)
                     else:
                         t = c.transform.to_torch([params.read(s.path, s.index) for s in c.slots])
+                    if bad := count_nonfinite(t):
+                        nonfinite[spec.name] = bad
                     writer.write(spec.name, t.astype(spec.dtype, copy=False))
                     prog.update(spec.nbytes)
                     del t
@@ -560,7 +584,7 @@ def bundle_to_torch(bundle: str, output: str, *, checkpoint: str = "model", dtyp
                 notes += _write_model_side_files(bundle, staging, cfg, max(by_dtype, key=by_dtype.get))
     finally:
         seconds = prog.close()
-    return ConversionResult(output, len(specs), sum(s.nbytes for s in specs), seconds, notes)
+    return ConversionResult(output, len(specs), sum(s.nbytes for s in specs), seconds, notes, nonfinite=nonfinite)
 
 
 def _write_model_side_files(bundle: str, staging: str, cfg: ModelConfig, torch_dtype: str) -> list[str]:

@@ -393,6 +393,32 @@ def test_unexpected_dtype_in_a_file_fails_before_writing(parity_dir, tiny_model_
     assert not os.path.exists(tmp_path / "out")
 
 
+def test_nonfinite_weights_are_warned_by_name_both_ways(parity_dir, tmp_path, capsys):
+    """A checkpoint with NaN/Inf values converts (the weights are carried as they are) but both
+    directions warn on stderr, naming the tensor and how many values are not finite."""
+    src = ReferenceCheckpoint(_files(parity_dir, LLM_FILES))
+    specs = [TensorSpec(k, s, d) for k, (s, d) in src.listing().items()]
+    w = HFCheckpointWriter(str(tmp_path / "nan"), specs)
+    for s in specs:
+        t = src.get(s.name)
+        if s.name == "model.norm.weight":
+            t = t.copy()
+            t[:3] = np.nan
+            t[3] = np.inf
+        w.write(s.name, t)
+    w.close()
+    bundle, hf = str(tmp_path / "bundle"), str(tmp_path / "hf")
+    assert main(["convert", "--from", "torch", "--input", str(tmp_path / "nan"), "--to", "orbax", "--output", bundle,
+                 "--config", TINY, "--components", "llm", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 1 tensor(s) hold NaN/Inf values: model.norm.weight (4 values)" in err, err
+    assert main(["convert", "--from", "orbax", "--input", bundle, "--to", "torch", "--output", hf,
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 1 tensor(s) hold NaN/Inf values: model.norm.weight (4 values)" in err, err
+    assert np.isnan(ReferenceCheckpoint(hf).get("model.norm.weight")[:3].astype(np.float32)).all()
+
+
 def test_pt_input_converts_exactly(converted, tiny_model_config, tmp_path):
     torch = requires_torch()
     src, _ = converted
