@@ -7,7 +7,7 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all test-fast parity plan bench lint docs clean
+.PHONY: install demo test test-quick test-fast parity plan bench lint docs clean
 
 install: $(STAMP)
 
@@ -20,17 +20,21 @@ $(STAMP): setup.py
 demo: install
 	$(PY) -m baichuan_audio_jax demo --out demo_out
 
-# Every layer (unit, parity, integration) except the long end-to-end runs marked slow: what CI runs.
-test: install
-	$(PY) -m pytest -q tests -m "not slow" $(PYTEST_ARGS)
+# Tests run on TEST_WORKERS processes (pytest-xdist; a module's tests stay on one worker).
+TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS) --dist loadscope
 
-# Everything, the slow end-to-end runs included (preemption, divergence, every mesh shape, the demo).
-test-all: install
-	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+# Everything: every layer (unit, parity, integration), the long end-to-end runs included. What CI runs.
+test: install
+	$(PY) -m pytest -q $(XDIST) tests $(PYTEST_ARGS)
+
+# Everything but the long end-to-end runs marked slow (preemption, divergence, every mesh shape, the demo).
+test-quick: install
+	$(PY) -m pytest -q $(XDIST) tests -m "not slow" $(PYTEST_ARGS)
 
 # The unit layer only: fast, no fixtures needed (docs/architecture.md).
 test-fast: install
-	$(PY) -m pytest -q tests/unit -m "not parity" $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) tests/unit -m "not parity" $(PYTEST_ARGS)
 
 parity: install
 	$(PY) -m baichuan_audio_jax parity --fixtures ../shared/parity

@@ -40,7 +40,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "dev": ["pytest>=8", "ruff>=0.5", "import-linter==2.17",
+    "dev": ["pytest>=8", "pytest-xdist==3.8.0", "ruff>=0.5", "import-linter==2.17",
             "httpx==0.28.1", "selenium==4.51.0"],  # httpx, selenium: server tests
     # PyTorch-side conversion checks and Hugging Face initialisation/parity tests.
     "torch": ["torch==2.13.0", "transformers>=4.45,<6"],

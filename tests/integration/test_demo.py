@@ -9,7 +9,7 @@ import soundfile as sf
 
 from tests.training_helpers import cli_env, run_cli
 
-pytestmark = pytest.mark.slow  # minutes on 2 cores: `make test-all`
+pytestmark = pytest.mark.slow  # minutes on 2 cores: `make test-quick` leaves it out
 
 SHORT = ["llm_text_steps=2", "encoder_asr_steps=3", "tokenizer_steps=3", "flow_steps=2", "llm_stage1_steps=2",
          "llm_stage2_steps=3",

@@ -16,7 +16,7 @@ from baichuan_audio_jax.evaluation.periodic import periodic_eval
 from baichuan_audio_jax.training.trainer import train
 from data_pipelines.demo_corpus import HELDOUT_MANIFEST, TRAIN_MANIFEST
 
-pytestmark = pytest.mark.slow  # minutes on 2 cores: `make test-all`
+pytestmark = pytest.mark.slow  # minutes on 2 cores: `make test-quick` leaves it out
 
 EVERY, CKPT, CRASH, STEPS = 10, 15, 25, 30
 

@@ -15,7 +15,7 @@ import sys
 import pytest
 from training_helpers import REPO, cli_env
 
-pytestmark = pytest.mark.slow  # minutes on 2 cores: `make test-all`
+pytestmark = pytest.mark.slow  # minutes on 2 cores: `make test-quick` leaves it out
 
 MESHES = {4: [(4, 1, 1), (1, 4, 1), (1, 2, 2), (2, 2, 1)], 8: [(8, 1, 1), (2, 2, 2), (1, 4, 2), (1, 8, 1)]}
 

@@ -12,7 +12,7 @@ from baichuan_audio_jax.training.divergence import Diverged
 from baichuan_audio_jax.training.metrics import read_metrics
 from baichuan_audio_jax.training.trainer import train
 
-pytestmark = pytest.mark.slow  # minutes on 2 cores: `make test-all`
+pytestmark = pytest.mark.slow  # minutes on 2 cores: `make test-quick` leaves it out
 
 BAD_STEP = 3
 

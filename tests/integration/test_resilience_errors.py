@@ -6,8 +6,6 @@ import subprocess
 import pytest
 from training_helpers import REPO, cli_env, run_cli
 
-pytestmark = pytest.mark.slow  # minutes on 2 cores: `make test-all`
-
 
 def _train(config, workdir, *extra):
     return ["train", "--config", str(config), "--workdir", str(workdir), "--no-progress", *extra]
@@ -19,7 +17,7 @@ def test_config_errors_are_one_line(tmp_path):
     bad.write_text("def get_config(:\n    pass\n")
     tiny = REPO / "configs" / "tiny.py"
     cases = [
-        (_train(bad, tmp_path / "a"), f"{bad}:1: invalid syntax"),
+        (_train(bad, tmp_path / "a"), f"config file {bad}: syntax error at line 1: invalid syntax"),
         (_train(tiny, tmp_path / "b", "--config.steps=-5"), "steps=-5 must be >= 0"),
         (_train(tiny, tmp_path / "c", "--config.train.learning_rate=-1"), "train.learning_rate=-1.0"),
     ]

@@ -11,7 +11,7 @@ from baichuan_audio_jax.sharding import make_mesh
 from baichuan_audio_jax.training.data_sources import build_iterator
 from baichuan_audio_jax.training.train_step import build_program
 
-pytestmark = pytest.mark.slow  # minutes on 2 cores: `make test-all`
+pytestmark = pytest.mark.slow  # minutes on 2 cores: `make test-quick` leaves it out
 
 
 def test_skip_leaves_state_unchanged_on_a_nan_step():

@@ -21,7 +21,7 @@ from training_helpers import REPO, cli_command, cli_env, run_cli, train_args
 from baichuan_audio_jax.training.metrics import read_metrics
 from baichuan_audio_jax.training.preemption import EXIT_PREEMPTED
 
-pytestmark = pytest.mark.slow  # minutes on 2 cores: `make test-all`
+pytestmark = pytest.mark.slow  # minutes on 2 cores: `make test-quick` leaves it out
 
 STEPS = 24
 OVERRIDES = (f"steps={STEPS}", "log_every=1", "checkpoint_every=10", "train.warmup_steps=5")

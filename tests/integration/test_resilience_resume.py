@@ -12,7 +12,7 @@ from training_helpers import cli_env, run_cli, train_args
 
 from baichuan_audio_jax.training.metrics import read_metrics
 
-pytestmark = pytest.mark.slow  # minutes on 2 cores: `make test-all`
+pytestmark = pytest.mark.slow  # minutes on 2 cores: `make test-quick` leaves it out
 
 # decay_steps fixes the schedule's end, so runs with different `steps` share their learning rates.
 BASE = ("log_every=1", "checkpoint_every=10", "train.warmup_steps=5", "train.decay_steps=40")

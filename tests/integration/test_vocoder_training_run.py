@@ -30,7 +30,7 @@ from baichuan_audio_jax.training.metrics import read_metrics
 from data_pipelines.demo_corpus import TRAIN_MANIFEST
 from tests.training_helpers import REPO, cli_command, cli_env, run_cli
 
-pytestmark = pytest.mark.slow  # minutes on 2 cores: `make test-all`
+pytestmark = pytest.mark.slow  # minutes on 2 cores: `make test-quick` leaves it out
 
 STEPS = 12
 SEGMENT = 8 * 480  # data.seq_len 8 mel frames at 24 kHz
