@@ -489,6 +489,12 @@ class Decoding:
         self.rows = self._host_rows()
         self._changed = False
 
+    def _push_rows(self) -> None:
+        """Sends the host's changes to :attr:`rows` to the device state (once, when there are any)."""
+        if self._changed:
+            self.ds = self.ds._replace(rows=jax.tree.map(jnp.asarray, self.rows))
+            self._changed = False
+
     def _host_rows(self) -> il.RowState:
         return jax.tree.map(np.array, jax.device_get(self.ds.rows))
 
@@ -511,9 +517,7 @@ class Decoding:
     def step(self, max_steps: int = 1 << 30) -> list[Segment]:
         """Decodes up to ``max_steps`` steps; returns the audio segments finished meanwhile."""
         eng, tokens = self.engine, self.engine.cfg.tokens
-        if self._changed:
-            self.ds = self.ds._replace(rows=jax.tree.map(jnp.asarray, self.rows))
-            self._changed = False
+        self._push_rows()
         self.ds = eng.run(self.ds, self.protocol, self.params, max_steps)
         rows = self.rows = self._host_rows()
         index, size = int(self.ds.index), self.ds.valid.shape[1]
@@ -535,16 +539,13 @@ class Decoding:
             else:
                 il.finish(rows, r, il.CONTEXT if r in heads else il.EOS)
         if chunks:
-            self.ds = self.ds._replace(rows=jax.tree.map(jnp.asarray, rows))
-            self._changed = False
+            self._push_rows()
             self.ds = eng._extend(self.ds, chunks, self.tables)
         return done
 
     def results(self) -> list[RowResult]:
         """Every row's outcome (call when :attr:`running` is false, or after stopping the rest)."""
-        if self._changed:
-            self.ds = self.ds._replace(rows=jax.tree.map(jnp.asarray, self.rows))
-            self._changed = False
+        self._push_rows()
         rows = self.rows
         ids, valid = np.asarray(self.ds.ids), np.asarray(self.ds.valid)
         out = []
