@@ -13,6 +13,11 @@ Mixed precision: parameters are stored in ``model.param_dtype`` (float32 master 
 cast to ``model.dtype`` (e.g. bfloat16) inside each layer; gradients, optimizer moments and
 updates stay in the parameter dtype. Rematerialisation follows ``model.remat_policy``.
 
+Only trainable leaves are differentiated: the loss is a function of the trainable leaves with the
+frozen ones passed as constants, so a stage that freezes the LM head or the LLM computes no
+weight gradient for them (no buffer, no collective); the optimizer sees zeros there, which it
+discards.
+
 Gradient accumulation (``train.grad_accum_steps`` = A): the global batch is split into A
 microbatches — microbatch j takes rows j, j+A, j+2A, …, so every device holds an equal share of
 each — and a ``lax.scan`` sums their gradients before one optimizer update. Loss normalisers
@@ -41,6 +46,7 @@ from baichuan_audio_jax.config import ModelConfig
 from baichuan_audio_jax.sharding import constrain
 from baichuan_audio_jax.training import mesh as mesh_lib
 from baichuan_audio_jax.training.optimizer import (
+    TRAIN,
     apply_updates,
     make_optimizer,
     trainable_labels,
@@ -147,11 +153,27 @@ def build_program(config, mesh: Mesh, task: Task | None = None, *, donate: bool 
     merge = task.merge_sums or (lambda a, b: jax.tree.map(jnp.add, a, b))
     skip_nonfinite = str(train_cfg.get("nonfinite", "stop")) == "skip"
 
-    def loss_of(params, model_state, microbatch, denominators, rng, step):
-        model = nnx.merge(graphdef, params, model_state)
+    params_def = jax.tree.structure(abs_params_dict)
+    is_train = [lab == TRAIN for lab in jax.tree.leaves(labels)]
+
+    def partition(params) -> tuple[list, list]:
+        leaves = jax.tree.leaves(params)
+        return ([x for x, t in zip(leaves, is_train) if t], [x for x, t in zip(leaves, is_train) if not t])
+
+    def join(train_leaves, frozen_leaves):
+        it_train, it_frozen = iter(train_leaves), iter(frozen_leaves)
+        return jax.tree.unflatten(params_def, [next(it_train) if t else next(it_frozen) for t in is_train])
+
+    def loss_of(train_leaves, frozen_leaves, model_state, microbatch, denominators, rng, step):
+        model = nnx.merge(graphdef, join(train_leaves, frozen_leaves), model_state)
         return task.loss(model, microbatch, denominators, rng, train_cfg, step)
 
-    grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+    grad_of_trainable = jax.value_and_grad(loss_of, has_aux=True)
+
+    def grad_fn(params, model_state, microbatch, denominators, rng, step):
+        """((loss, sums), grads of the trainable leaves, as a list)."""
+        train_leaves, frozen_leaves = partition(params)
+        return grad_of_trainable(train_leaves, frozen_leaves, model_state, microbatch, denominators, rng, step)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         with jax.named_scope("forward_backward"):
@@ -202,7 +224,8 @@ def build_program(config, mesh: Mesh, task: Task | None = None, *, donate: bool 
                                                jax.tree.map(lambda x: x[0], micro), denominators, rng, state.step))
             (loss, sums, grads), _ = jax.lax.scan(body, (zero[0][0], zero[0][1], zero[1]),
                                                   (jnp.arange(accum), micro))
-        return loss, sums, grads
+        frozen_zeros = [jnp.zeros(x.shape, x.dtype) for x in partition(state.params)[1]]
+        return loss, sums, join(grads, frozen_zeros)
 
     init_jit = InMesh(jax.jit(init, out_shardings=state_sh), mesh)
     step_jit = InMesh(jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep),
