@@ -30,6 +30,10 @@ _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s+([a-z][a-z0-9\-
 _COMP = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")  # computation headers start at column 0
 _CALLS = re.compile(r"\b(body|condition|to_apply|calls|true_computation|false_computation|branch_computations)="
                     r"(?:\{([^}]*)\}|%?([\w.\-]+))")
+_CONST = re.compile(r"^\s*%?([\w.\-]+)\s*=\s*[su](?:8|16|32|64)\[\](?:\{[^}]*\})?\s+constant\((-?[0-9]+)\)")
+_ROOT_LT = re.compile(r"^\s*ROOT\s+%?[\w.\-]+\s*=\s*pred\[\](?:\{[^}]*\})?\s+compare\(%?([\w.\-]+),\s*%?([\w.\-]+)\)"
+                      r".*direction=LT")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
 _TRIP = re.compile(r'known_trip_count[^0-9]*"?n"?\s*:\s*"?([0-9]+)')
 
 
@@ -73,11 +77,35 @@ def _group_size(rest: str) -> int:
     return 1
 
 
-def _loop_multipliers(lines: list[str]) -> dict[str, int]:
-    """computation name -> executions per program call (1 for ENTRY, × trip count inside whiles)."""
+def _condition_bounds(lines: list[str]) -> dict[str, int]:
+    """computation name -> N for loop conditions of the form ``ROOT compare(counter, constant(N)),
+    direction=LT`` (how a scan's condition reads once the TPU compiler has dropped the
+    ``known_trip_count`` annotation; JAX loop counters start at 0)."""
+    bounds: dict[str, int] = {}
+    comp, consts = None, {}
+    for line in lines:
+        m = _COMP.match(line)
+        if m:
+            comp, consts = m.group(1), {}
+            continue
+        c = _CONST.match(line)
+        if c:
+            consts[c.group(1)] = int(c.group(2))
+            continue
+        r = _ROOT_LT.match(line)
+        if r and comp is not None and r.group(2) in consts:
+            bounds[comp] = consts[r.group(2)]
+    return bounds
+
+
+def _loop_multipliers(lines: list[str]) -> tuple[dict[str, int], dict[str, str]]:
+    """(computation name -> executions per program call (1 for ENTRY, × trip count inside
+    whiles), computation name -> op_name of the instruction that calls it). The trip count is
+    XLA's ``known_trip_count`` when present, else read from the loop's condition."""
     comp = None
     edges: dict[str, list[tuple[str, int]]] = defaultdict(list)
     entry = None
+    bounds = _condition_bounds(lines)
     for line in lines:
         m = _COMP.match(line)
         if m:
@@ -90,28 +118,33 @@ def _loop_multipliers(lines: list[str]) -> dict[str, int]:
         trip = 1
         if " while(" in line:
             t = _TRIP.search(line)
-            trip = int(t.group(1)) if t else 1
+            cond = re.search(r"\bcondition=%?([\w.\-]+)", line)
+            trip = int(t.group(1)) if t else bounds.get(cond.group(1), 1) if cond else 1
+        op = _OP_NAME.search(line)
         for cm in _CALLS.finditer(line):
             for callee in re.split(r",\s*", cm.group(2) or cm.group(3)):
-                edges[comp].append((callee.strip().lstrip("%"), trip if cm.group(1) == "body" else 1))
+                edges[comp].append((callee.strip().lstrip("%"), trip if cm.group(1) == "body" else 1,
+                                    op.group(1) if op else ""))
     mult: dict[str, int] = {}
+    scope: dict[str, str] = {}
 
-    def visit(name: str, factor: int, depth: int = 0) -> None:
+    def visit(name: str, factor: int, caller_op: str, depth: int = 0) -> None:
         if depth > 64:
             return
         mult[name] = max(mult.get(name, 0), factor)
-        for callee, trip in edges.get(name, ()):
-            visit(callee, factor * trip, depth + 1)
+        scope.setdefault(name, caller_op)
+        for callee, trip, op_name in edges.get(name, ()):
+            visit(callee, factor * trip, op_name or caller_op, depth + 1)
 
     if entry is not None:
-        visit(entry, 1)
-    return mult
+        visit(entry, 1, "")
+    return mult, scope
 
 
 def collectives(hlo_text: str) -> list[Collective]:
     """Every collective of an optimised HLO module (``compiled.as_text()``)."""
     lines = hlo_text.splitlines()
-    mult = _loop_multipliers(lines)
+    mult, scope = _loop_multipliers(lines)
     out: list[Collective] = []
     comp = None
     for line in lines:
@@ -132,9 +165,9 @@ def collectives(hlo_text: str) -> list[Collective]:
                 arrays = arrays[len(arrays) // 2:]
             elif base == "collective-permute":
                 arrays = arrays[:1]
-        op = re.search(r'op_name="([^"]*)"', rest)
+        op = _OP_NAME.search(rest)  # none on some compiler-made collectives: use the enclosing loop's
         out.append(Collective(kind=base, shapes=tuple(arrays), group_size=_group_size(rest),
-                              count=mult.get(comp, 1), op_name=op.group(1) if op else ""))
+                              count=mult.get(comp, 1), op_name=op.group(1) if op else scope.get(comp, "")))
     return out
 
 
