@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import gzip
 import hashlib
+import importlib.metadata
+import json
 import os
 import re
 import tempfile
@@ -85,6 +88,8 @@ class Plan:
     collective_bytes: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     chip: Chip | None = None
     microbatches: int = 1
+    lower_seconds: float = 0.0  # tracing + lowering to StableHLO
+    cached: bool = False  # compiler results read from the plan cache (the program is unchanged)
 
     @property
     def total_bytes(self) -> int:
@@ -148,7 +153,10 @@ class Plan:
             out.append(f"roofline ESTIMATE (published chip peak, ring collectives at full ICI bandwidth): compute "
                        f"{r['compute_s']:.2f} s, collectives {r['comm_s']:.2f} s -> step {r['step_s_best']:.2f}-"
                        f"{r['step_s_worst']:.2f} s, MFU {100 * r['mfu_worst']:.0f}-{100 * r['mfu_best']:.0f}%")
-        out.append(f"compile time: {self.compile_seconds:.1f} s")
+        lowering = f"{self.lower_seconds:.1f} s of tracing and lowering"
+        out.append(f"compile time: {self.compile_seconds:.1f} s" + (
+            f" (when compiled; this run read the result from the plan cache after {lowering})" if self.cached
+            else f" (+ {lowering})"))
         return out
 
 
@@ -220,52 +228,86 @@ def _top_buffers(dump_dir: str, hlo_text: str, n: int = 10) -> list[Buffer]:
     return out[:n]
 
 
-def _stable_dump_dir(config, name: str) -> str | None:
-    """With the compilation cache on, the buffer dump lives beside it, keyed by config and slice:
-    a program loaded from the cache is not compiled (nor dumped) again, its dump is reused."""
-    cache = jax.config.jax_compilation_cache_dir
+def _program_dir(lowered, name: str, buffers: bool, cache: str | None) -> str | None:
+    """With the compilation cache on, a directory keyed by the lowered program (its StableHLO,
+    which carries the shardings of the slice), the slice and the compiler's versions: XLA's dump,
+    the optimised HLO and the compiler's totals are kept there, so a second ``plan`` of an
+    unchanged program reads them instead of compiling. (JAX's own cache cannot serve this: an
+    executable compiled for a TPU slice cannot be loaded back on a machine without that TPU.)"""
     if not cache:
         return None
-    key = hashlib.sha1((config.to_json(sort_keys=True) + name).encode()).hexdigest()[:16]
-    path = os.path.join(cache, "plan_dumps", key)
+    h = hashlib.sha256()
+    for part in (name, str(buffers), *map(_version, ("jax", "jaxlib", "libtpu")), lowered.as_text()):
+        h.update(part.encode())
+        h.update(b"\0")
+    path = os.path.join(cache, "plan", h.hexdigest()[:24])
     os.makedirs(path, exist_ok=True)
     return path
 
 
-def plan_for_devices(config, devices: list, name: str, hbm_bytes: int | None = None, *,
-                     chip: Chip | None = None, buffers: bool = True, dump_dir: str | None = None) -> Plan:
-    """Compiles the train step of ``config`` on a mesh over ``devices`` (abstract TPU devices or
-    real ones) without running it; raises if it does not compile (e.g. out of HBM)."""
-    mesh = mesh_from_config(config.mesh, devices=devices)
-    program = build_program(config, mesh)
-    lowered = program.step.lower(program.abstract_state, program.abstract_batch())
-    with tempfile.TemporaryDirectory(prefix="plan_dump_") as tmp:
-        dump = dump_dir or _stable_dump_dir(config, name) or tmp
-        options = {"xla_dump_to": dump, "xla_dump_hlo_as_text": True, "xla_dump_hlo_module_re": "train_step"} \
-            if buffers else None
-        t0 = time.perf_counter()
-        compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
-        seconds = time.perf_counter() - t0
-        hlo = compiled.as_text()
-        top = _top_buffers(dump, hlo) if buffers else []
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:  # libtpu on CPU-only installs
+        return ""
+
+
+_RESULT, _HLO = "compiled.json", "optimized_hlo.txt.gz"
+
+
+def _compile_or_load(lowered, program_dir: str | None, buffers: bool) -> tuple[dict, str, bool]:
+    """({memory totals, flops, compile seconds}, optimised HLO text, loaded from the plan cache)."""
+    if program_dir and os.path.exists(os.path.join(program_dir, _RESULT)):
+        with open(os.path.join(program_dir, _RESULT)) as f, gzip.open(os.path.join(program_dir, _HLO), "rt") as g:
+            return json.load(f), g.read(), True
+    options = {"xla_dump_to": program_dir, "xla_dump_hlo_as_text": True,
+               "xla_dump_hlo_module_re": "train_step"} if buffers and program_dir else None
+    t0 = time.perf_counter()
+    compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
+    seconds = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else {}
+    result = {"argument_bytes": int(mem.argument_size_in_bytes), "output_bytes": int(mem.output_size_in_bytes),
+              "alias_bytes": int(mem.alias_size_in_bytes), "temp_bytes": int(mem.temp_size_in_bytes),
+              "code_bytes": int(mem.generated_code_size_in_bytes),
+              "xla_flops_per_device": float((cost or {}).get("flops", 0.0)), "compile_seconds": seconds}
+    hlo = compiled.as_text()
+    if program_dir:  # HLO first, the result last: a result file means a complete entry
+        with gzip.open(os.path.join(program_dir, _HLO), "wt") as g:
+            g.write(hlo)
+        tmp = os.path.join(program_dir, _RESULT + f".tmp{os.getpid()}")
+        with open(tmp, "w") as f:
+            json.dump(result, f)
+        os.replace(tmp, os.path.join(program_dir, _RESULT))
+    return result, hlo, False
+
+
+def plan_for_devices(config, devices: list, name: str, hbm_bytes: int | None = None, *,
+                     chip: Chip | None = None, buffers: bool = True, dump_dir: str | None = None,
+                     cache_dir: str | None = None) -> Plan:
+    """Compiles the train step of ``config`` on a mesh over ``devices`` (abstract TPU devices or
+    real ones) without running it; raises if it does not compile (e.g. out of HBM). Compiler
+    results are kept under ``cache_dir`` (default: JAX's compilation cache directory, when on)."""
+    mesh = mesh_from_config(config.mesh, devices=devices)
+    t0 = time.perf_counter()
+    program = build_program(config, mesh)
+    lowered = program.step.lower(program.abstract_state, program.abstract_batch())
+    lower_seconds = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="plan_dump_") as tmp:
+        where = dump_dir or _program_dir(lowered, name, buffers, cache_dir or jax.config.jax_compilation_cache_dir)
+        result, hlo, cached = _compile_or_load(lowered, where or tmp, buffers)
+        top = _top_buffers(where or tmp, hlo) if buffers else []
     state = program.abstract_state
     trainable = [a for a, lab in zip(jax.tree.leaves(state.params), jax.tree.leaves(program.labels)) if lab == TRAIN]
     return Plan(
-        topology=name, devices=len(devices), mesh=describe(mesh),
-        argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
-        alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
-        code_bytes=int(mem.generated_code_size_in_bytes), hbm_bytes=hbm_bytes,
-        xla_flops_per_device=float((cost or {}).get("flops", 0.0)),
-        model_flops_per_step=program.flops_per_step, compile_seconds=seconds,
-        trainable_report=program.report(),
+        topology=name, devices=len(devices), mesh=describe(mesh), hbm_bytes=hbm_bytes,
+        model_flops_per_step=program.flops_per_step, trainable_report=program.report(),
         params_bytes=_shard_bytes(state.params), opt_state_bytes=_shard_bytes(state.opt_state),
         grad_bytes=_shard_bytes(trainable), batch_bytes=_shard_bytes(program.abstract_batch()),
         top_buffers=top, collective_bytes=hlo_stats.summarize(hlo_stats.collectives(hlo)), chip=chip,
-        microbatches=int(config.train.grad_accum_steps))
+        microbatches=int(config.train.grad_accum_steps), lower_seconds=lower_seconds, cached=cached, **result)
 
 
 def table(plans: list[Plan]) -> list[str]:
@@ -283,5 +325,7 @@ def table(plans: list[Plan]) -> list[str]:
         mfu = "-" if r is None else f"{100 * r['mfu_worst']:.0f}-{100 * r['mfu_best']:.0f}"
         out.append(f"{p.topology:<12} {p.devices:>5} {p.microbatches:>3} {gib(p.temp_bytes):>9} "
                    f"{gib(p.total_bytes):>9} {pct:>6} {gib(coll):>9} {gib(head_coll):>19} {step:>13} {mfu:>12} "
-                   f"{p.compile_seconds:>9.1f}")
+                   f"{p.compile_seconds:>8.1f}{'*' if p.cached else ' '}")
+    if any(p.cached for p in plans):
+        out.append("* compiler results read from the plan cache (program unchanged since it was compiled)")
     return out

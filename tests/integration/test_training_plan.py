@@ -42,3 +42,20 @@ def test_train_command_names_bad_config_values(tmp_path, capsys):
 def test_launch_scripts_parse(script):
     result = subprocess.run(["bash", "-n", str(REPO / "launch" / script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_second_plan_of_an_unchanged_program_reads_the_plan_cache(tmp_path):
+    """An executable compiled for a TPU slice cannot be loaded back without that TPU, so `plan`
+    keeps the compiler's results keyed by the lowered program: the second plan of the same
+    program reads them (same numbers, no compile), a changed program compiles again."""
+    config = tiny_run_config("stage=2", "mesh.fsdp=8")
+    first = plan_for_devices(config, jax.devices(), "cpu:8", hbm_bytes=1 << 30, cache_dir=str(tmp_path))
+    second = plan_for_devices(config, jax.devices(), "cpu:8", hbm_bytes=1 << 30, cache_dir=str(tmp_path))
+    assert not first.cached and second.cached
+    for field in ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes", "xla_flops_per_device",
+                  "compile_seconds", "collective_bytes"):
+        assert getattr(first, field) == getattr(second, field), field
+    assert [b.shape for b in first.top_buffers] == [b.shape for b in second.top_buffers] and first.top_buffers
+    assert "plan cache" in "\n".join(second.lines())
+    changed = tiny_run_config("stage=1", "mesh.fsdp=8")
+    assert not plan_for_devices(changed, jax.devices(), "cpu:8", cache_dir=str(tmp_path)).cached
