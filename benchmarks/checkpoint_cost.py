@@ -1,12 +1,13 @@
 """Checkpoint cost: step time with asynchronous saves every N steps vs no saves, and the time
 the loop is blocked per save.
 
-    python benchmarks/checkpoint_cost.py [--config configs/tiny.py] [--steps 30] [--every 5] \
-        [--workdir DIR] [--config.k=v ...]
+    python benchmarks/checkpoint_cost.py [--size small|tiny|7b-layer | --config FILE] [--steps 30] \
+        [--every 5] [--workdir DIR] [--config.k=v ...]
 
-Compiles the config's train step once (synthetic batches, one mesh over the visible devices),
-then runs ``--steps`` steps three ways in the same process, after two warm-up steps each:
-(a) no checkpoints, (b) an asynchronous save (``checkpoint.async_save``) every ``--every``
+``--size`` picks one of the shared benchmark models (``benchmarks/sizes.py``; default ``small``);
+``--config`` runs a config file instead. Compiles the train step once (synthetic batches, one
+mesh over the visible devices), then runs ``--steps`` steps three ways in the same process,
+after two warm-up steps each: (a) no checkpoints, (b) an asynchronous save (``checkpoint.async_save``) every ``--every``
 steps, (c) a synchronous save every ``--every`` steps. Reports the median step time of (a),
 the mean step time of (b) and (c) including their saves, the ratio (b)/(a), and the blocking
 time per save (the time ``save()`` holds the loop, plus the final wait for the last commit
@@ -28,7 +29,8 @@ sys.path.insert(0, REPO)
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default=os.path.join(REPO, "configs", "tiny.py"))
+    p.add_argument("--size", default="small")
+    p.add_argument("--config", default="", help="a config file instead of --size")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--every", type=int, default=5)
     p.add_argument("--workdir", default="")
@@ -41,15 +43,17 @@ def main(argv=None) -> int:
     from baichuan_audio_jax.training.data_sources import build_iterator
     from baichuan_audio_jax.training.mesh import describe, mesh_from_config
     from baichuan_audio_jax.training.train_step import build_program
+    from benchmarks.sizes import size_config
 
-    config = load_config(known.config, rest)
+    config = load_config(known.config, rest) if known.config else size_config(known.size, rest)
     mesh = mesh_from_config(config.mesh)
     program = build_program(config, mesh)
     state = program.init()
     it = build_iterator(config)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
-    print(f"mesh {describe(mesh)}; {n_params:,} parameters; train state {state_bytes / 2**20:.1f} MiB")
+    print(f"{known.config or 'size ' + known.size}: mesh {describe(mesh)}; {n_params:,} parameters; "
+          f"train state {state_bytes / 2**20:.1f} MiB")
 
     def batch():
         host = next(it)

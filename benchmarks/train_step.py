@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from baichuan_audio_jax.config import ModelConfig, load_config  # noqa: E402
+from baichuan_audio_jax.config import ModelConfig  # noqa: E402
 from baichuan_audio_jax.layers.attention import causal_mask, dot_product_attention, segment_mask  # noqa: E402
 from baichuan_audio_jax.layers.stack import run_stack, stacked  # noqa: E402
 from baichuan_audio_jax.models.audio_llm import DecoderLayer  # noqa: E402
@@ -59,24 +59,7 @@ from baichuan_audio_jax.training.mesh import describe, mesh_from_config  # noqa:
 from baichuan_audio_jax.training.optimizer import apply_updates  # noqa: E402
 from baichuan_audio_jax.training.train_step import build_program  # noqa: E402
 from benchmarks.profile_breakdown import breakdown  # noqa: E402
-
-SIZES = {
-    "tiny": {},
-    "small": {
-        "model.llm.vocab_size": 8192, "model.llm.hidden_size": 512, "model.llm.intermediate_size": 1408,
-        "model.llm.num_layers": 8, "model.llm.num_heads": 8, "model.llm.num_kv_heads": 2,
-        "model.llm.head_dim": 64, "model.llm.max_position_embeddings": 2048,
-        "model.audio_head.num_layers": 3,
-        "model.vq_bridge.codebook_sizes": [1024, 1024, 256, 256, 256, 256, 128, 128],
-        "data.batch_size": 4, "data.seq_len": 512,
-    },
-    "7b-layer": {
-        "model.llm.vocab_size": 8192, "model.llm.hidden_size": 3584, "model.llm.intermediate_size": 18944,
-        "model.llm.num_layers": 1, "model.llm.num_heads": 28, "model.llm.num_kv_heads": 4,
-        "model.llm.head_dim": 128, "model.llm.max_position_embeddings": 2048,
-        "data.batch_size": 1, "data.seq_len": 1024,
-    },
-}
+from benchmarks.sizes import SIZES, size_config  # noqa: E402
 
 
 def median_time(fn, repeats: int) -> float:
@@ -108,12 +91,6 @@ def torch_matmul_peak(n: int = 2048, repeats: int = 10) -> float:
         torch.mm(a, b)
         times.append(time.perf_counter() - t0)
     return 2 * n ** 3 / statistics.median(times)
-
-
-def size_config(size: str, rest: list[str]):
-    overrides = [f"--config.{k}={v}" for k, v in SIZES[size].items()]
-    overrides = [o.replace(" ", "") for o in overrides]
-    return load_config(os.path.join(REPO, "configs", "tiny.py"), overrides + list(rest))
 
 
 # ----------------------------------------------------------------------------- components
