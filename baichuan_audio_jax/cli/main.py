@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = [a for a in argv if a != "--verbose"]
     if not verbose:
         logging.getLogger("absl").addFilter(_no_tracebacks)
+        sys.unraisablehook = _quiet_closed_loop
     commands = subcommands()
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         parser = argparse.ArgumentParser(prog="baichuan-audio", description="Baichuan-Audio in JAX/Flax.")
@@ -91,12 +92,22 @@ def _no_tracebacks(record: logging.LogRecord) -> bool:
     return not (record.exc_info or "Traceback (most recent call last)" in record.getMessage())
 
 
+def _quiet_closed_loop(u) -> None:
+    """When an asynchronous checkpoint save fails, TensorStore still completes the writes it had
+    queued and reports each through ``loop.call_soon_threadsafe`` on Orbax's event loop, closed by
+    then: Python reports every one as an unraisable "Event loop is closed" with no object. They
+    are the failed save the error line names; every other unraisable report is printed as usual."""
+    if u.object is None and u.exc_type is RuntimeError and str(u.exc_value) == "Event loop is closed":
+        return
+    sys.__unraisablehook__(u)
+
+
 def _quiet_unraisable(u) -> None:
     """After a reported error, the storage libraries' abandoned asynchronous operations are
     collected with "Exception ignored in <coroutine>" reports: not news to the reader."""
     if isinstance(u.object, types.CoroutineType) or "coroutine" in str(u.err_msg or ""):
         return
-    sys.__unraisablehook__(u)
+    _quiet_closed_loop(u)
 
 
 def _one_line(e: BaseException) -> str:
