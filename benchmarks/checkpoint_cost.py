@@ -71,6 +71,9 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             state, m = program.step(state, batch())
             if saver is not None and i % known.every == 0:
+                # The step's result first: otherwise save() would also wait for the step's
+                # compute (the step is dispatched asynchronously) and count it as blocking.
+                jax.block_until_ready(state)
                 t_save = time.perf_counter()
                 saver.save(int(jax.device_get(state.step)), state, it.get_state())
                 blocked += time.perf_counter() - t_save
