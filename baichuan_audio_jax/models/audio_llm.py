@@ -148,7 +148,10 @@ class AudioLLM(nnx.Module):
         for every loss chunk. None for tied embeddings."""
         if self.lm_head is None:
             return None
-        return constrain(self.lm_head.kernel[...].astype(self.dtype), ("activation_embed", "activation_vocab"))
+        # Cast on each device's shard (held in the parameter's own layout), then gather: the
+        # gather moves and stores compute-dtype bytes, not float32 master weights.
+        shard = constrain(self.lm_head.kernel[...].astype(self.dtype), ("embed", "vocab"))
+        return constrain(shard, ("activation_embed", "activation_vocab"))
 
     def logits(self, hidden: jax.Array, gathered: jax.Array | None = None) -> jax.Array:
         if self.lm_head is None:
