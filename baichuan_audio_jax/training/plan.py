@@ -262,9 +262,16 @@ def _compile_or_load(lowered, program_dir: str | None, buffers: bool) -> tuple[d
             return json.load(f), g.read(), True
     options = {"xla_dump_to": program_dir, "xla_dump_hlo_as_text": True,
                "xla_dump_hlo_module_re": "train_step"} if buffers and program_dir else None
-    t0 = time.perf_counter()
-    compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
-    seconds = time.perf_counter() - t0
+    # A hit in JAX's persistent cache (possible when planning for this machine's own devices)
+    # would skip XLA and with it the buffer dump: compile for real. The plan cache is the cache here.
+    cache_was_on = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        t0 = time.perf_counter()
+        compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
+        seconds = time.perf_counter() - t0
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache_was_on)
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):

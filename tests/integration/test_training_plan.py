@@ -49,8 +49,18 @@ def test_second_plan_of_an_unchanged_program_reads_the_plan_cache(tmp_path):
     keeps the compiler's results keyed by the lowered program: the second plan of the same
     program reads them (same numbers, no compile), a changed program compiles again."""
     config = tiny_run_config("stage=2", "mesh.fsdp=8")
-    first = plan_for_devices(config, jax.devices(), "cpu:8", hbm_bytes=1 << 30, cache_dir=str(tmp_path))
-    second = plan_for_devices(config, jax.devices(), "cpu:8", hbm_bytes=1 << 30, cache_dir=str(tmp_path))
+    # JAX's own persistent cache already holds this program (another plan, or a run, compiled it
+    # in this process): the first plan must still compile for real, or there is no buffer dump.
+    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    try:
+        plan_for_devices(config, jax.devices(), "cpu:8", cache_dir=str(tmp_path / "elsewhere"))
+        first = plan_for_devices(config, jax.devices(), "cpu:8", hbm_bytes=1 << 30, cache_dir=str(tmp_path))
+        second = plan_for_devices(config, jax.devices(), "cpu:8", hbm_bytes=1 << 30, cache_dir=str(tmp_path))
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
     assert not first.cached and second.cached
     for field in ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes", "xla_flops_per_device",
                   "compile_seconds", "collective_bytes"):
