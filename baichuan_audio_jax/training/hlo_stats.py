@@ -2,9 +2,11 @@
 
 :func:`collectives` lists every collective instruction (all-reduce, all-gather, reduce-scatter,
 all-to-all, collective-permute, and their async ``-start`` forms) with its per-device result
-shape, the size of its replica groups, how many times it runs per call (the product of the known
-trip counts of the ``while`` loops around it: scanned layers, microbatches, loss chunks) and the
-``op_name`` metadata JAX attached (the ``jax.named_scope`` path of the model code that made it).
+shape, the size of its replica groups, how many times it runs per call (the product of the trip
+counts of the ``while`` loops around it: scanned layers, microbatches, loss chunks; XLA's
+``known_trip_count``, or the bound in the loop's condition where the TPU compiler dropped it) and
+the ``op_name`` metadata JAX attached (the ``jax.named_scope`` path of the model code that made
+it; for a compiler-made collective without one, the ``op_name`` of the loop that runs it).
 
 :func:`traffic_bytes` turns one collective into the bytes a device sends over the interconnect
 with the textbook ring algorithms (all-reduce 2(n−1)/n·size, all-gather (n−1)/n·output,
@@ -34,6 +36,7 @@ _CONST = re.compile(r"^\s*%?([\w.\-]+)\s*=\s*[su](?:8|16|32|64)\[\](?:\{[^}]*\})
 _ROOT_LT = re.compile(r"^\s*ROOT\s+%?[\w.\-]+\s*=\s*pred\[\](?:\{[^}]*\})?\s+compare\(%?([\w.\-]+),\s*%?([\w.\-]+)\)"
                       r".*direction=LT")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+_CONDITION = re.compile(r"\bcondition=%?([\w.\-]+)")
 _TRIP = re.compile(r'known_trip_count[^0-9]*"?n"?\s*:\s*"?([0-9]+)')
 
 
@@ -118,7 +121,7 @@ def _loop_multipliers(lines: list[str]) -> tuple[dict[str, int], dict[str, str]]
         trip = 1
         if " while(" in line:
             t = _TRIP.search(line)
-            cond = re.search(r"\bcondition=%?([\w.\-]+)", line)
+            cond = _CONDITION.search(line)
             trip = int(t.group(1)) if t else bounds.get(cond.group(1), 1) if cond else 1
         op = _OP_NAME.search(line)
         for cm in _CALLS.finditer(line):
