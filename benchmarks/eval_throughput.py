@@ -47,7 +47,7 @@ def random_demo_bundle(root: str) -> str:
     from baichuan_audio_jax.text.tokenizer import train_sentencepiece
     from data_pipelines.demo_corpus import TRAIN_MANIFEST
 
-    model_cfg = load_config(os.path.join(REPO, "configs", "demo.py")).model
+    model_cfg = load_config(os.path.join(REPO, "configs", "demo.py"), run=False).model
     cfg = ModelConfig.from_config(model_cfg)
     texts = [t for _, t in transcripts(TRAIN_MANIFEST)] + ["将语音转录为文本:"]
     sp = train_sentencepiece(texts, os.path.join(root, "sp.model"), cfg.tokens, vocab_size=cfg.llm.vocab_size)

@@ -42,6 +42,7 @@ from baichuan_audio_jax.inference.audio_frame import audio_frame
 from baichuan_audio_jax.inference.sampling import SamplingArrays, SamplingParams, select_tokens
 from baichuan_audio_jax.inference.stop_strings import StopTables, advance, build_stop_tables, fires
 from baichuan_audio_jax.layers.attention import KVCache
+from baichuan_audio_jax.layers.stack import unstack
 from baichuan_audio_jax.models.audio_head import NUM_CODEBOOKS
 from baichuan_audio_jax.models.audio_llm import AudioLLM
 from baichuan_audio_jax.sharding import logical_to_mesh_spec, state_shardings
@@ -266,12 +267,24 @@ class DecodingEngine:
     by the logical-axis rules (rows over ``data``/``fsdp``, KV heads over ``tensor``) and the
     model's activation constraints apply. ``dtype``: decode with weights, activations and KV cache
     in this dtype (``"bfloat16"`` halves the bytes a step reads; None: the model's own).
+    ``unstack_layers``: give every LLM and audio-head layer its own parameter arrays and unroll
+    the layer loops (see :func:`~baichuan_audio_jax.layers.stack.unstack`; None: on CPU only, where
+    XLA copies each layer's weights out of the stacked arrays on every step, ~2x the bytes a
+    batch-1 step reads; elsewhere the scanned stack compiles faster and reads in place).
     """
 
     def __init__(self, llm: AudioLLM, *, token_strings: Sequence[str] | Callable[[], Sequence[str]] | None = None,
                  max_context: int | None = None, chunk: int = 512, min_cache: int = 128, min_chunk: int = 16,
-                 mesh: Mesh | None = None, dtype: str | None = None):
+                 mesh: Mesh | None = None, dtype: str | None = None, unstack_layers: bool | None = None):
         llm = cast_for_decoding(llm, dtype)
+        if unstack_layers is None:
+            unstack_layers = jax.default_backend() == "cpu"
+        if unstack_layers:
+            llm = nnx.merge(*nnx.split(llm))  # a new module: the caller's keeps its stacked layers
+            llm.layers = unstack(llm.layers)
+            llm.audio_head.layers = unstack(llm.audio_head.layers)
+            for layer in llm.audio_head.layers:
+                layer.ffn.split_positions()
         self.cfg = llm.cfg
         self.graphdef, self.state = nnx.split(llm)
         self.mesh = mesh

@@ -91,21 +91,55 @@ def apply_repetition_penalty(scores: jax.Array, history: jax.Array, valid: jax.A
     return jnp.where(seen, jnp.where(scores < 0, scores * p, scores / p), scores)
 
 
+# Top-k bound of the fast filtering path: rows asking for fewer classes than this are filtered
+# from a partial sort (``lax.top_k``) instead of a full sort of the vocabulary (50x cheaper on a
+# CPU at 8,193 classes).
+TOP_K_FAST = 64
+
+
 def apply_top_k_top_p(scores: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
     """Top-k then top-p filtering of scores [B, V] (removed entries become −inf); top_k [B]
-    (0 = off), top_p [B] (1 = off). One ascending sort serves both."""
+    (0 = off), top_p [B] (1 = off).
+
+    Entries tied with the k-th largest are kept; top-p accumulates probabilities in ascending
+    order (ties by index). When every row has ``0 < top_k < TOP_K_FAST`` and no entry outside the
+    ``TOP_K_FAST`` largest ties with its k-th, only those are sorted (the same result); otherwise
+    one full ascending sort serves both filters."""
+    kk = min(TOP_K_FAST, scores.shape[-1])
+    if kk == scores.shape[-1]:
+        return _filter_sorted(scores, top_k, top_p)
+    # descending; the barrier keeps XLA from folding later slices into the top-k's own slice,
+    # which would turn it back into a full sort (the CPU backend only matches sort + leading slice)
+    vals, idx = jax.lax.optimization_barrier(jax.lax.top_k(scores, kk))
+    kth = jnp.take_along_axis(vals, jnp.clip(top_k - 1, 0, kk - 1)[:, None], axis=-1)[:, 0]
+    few = ((top_k > 0) & (top_k < kk) & (vals[:, -1] < kth)).all()
+    return jax.lax.cond(few, lambda: _filter_few(scores, kth, top_p, vals, idx),
+                        lambda: _filter_sorted(scores, top_k, top_p))
+
+
+def _top_p_remove(ascending: jax.Array, keep: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Which of the kept entries (ascending scores) top-p removes, plus the ones not kept."""
+    cumulative = jnp.cumsum(jax.nn.softmax(jnp.where(keep, ascending, _NEG_INF), axis=-1), axis=-1)
+    remove = (cumulative <= (1.0 - top_p)[:, None]) | ~keep
+    return remove.at[:, -1].set(False)  # the largest always stays
+
+
+def _filter_few(scores, kth, top_p, vals, idx):
+    ascending, order = jax.lax.sort((vals, idx), num_keys=2)  # by score, ties by index
+    remove = _top_p_remove(ascending, ascending >= kth[:, None], top_p)
+    keep = jnp.zeros(scores.shape, bool).at[jnp.arange(scores.shape[0])[:, None], order].set(~remove)
+    return jnp.where(keep, scores, _NEG_INF)
+
+
+def _filter_sorted(scores, top_k, top_p):
     v = scores.shape[-1]
     order = jnp.argsort(scores, axis=-1, stable=True)
     ascending = jnp.take_along_axis(scores, order, axis=-1)
     k = jnp.clip(top_k, 1, v)
     kth = jnp.take_along_axis(ascending, (v - k)[:, None], axis=-1)  # k-th largest
-    use_k = (top_k > 0)[:, None]
-    keep_sorted = ~use_k | (ascending >= kth)
-    filtered = jnp.where(keep_sorted, ascending, _NEG_INF)
-    cumulative = jnp.cumsum(jax.nn.softmax(filtered, axis=-1), axis=-1)
-    remove_sorted = (cumulative <= (1.0 - top_p)[:, None]) | ~keep_sorted
-    remove_sorted = remove_sorted.at[:, -1].set(False)
-    remove = jnp.zeros_like(remove_sorted).at[jnp.arange(scores.shape[0])[:, None], order].set(remove_sorted)
+    keep = ~(top_k > 0)[:, None] | (ascending >= kth)
+    remove = _top_p_remove(ascending, keep, top_p)
+    remove = jnp.zeros_like(remove).at[jnp.arange(scores.shape[0])[:, None], order].set(remove)
     return jnp.where(remove, _NEG_INF, scores)
 
 

@@ -231,6 +231,36 @@ class KVCache(NamedTuple):
         shape = (batch, max_len, num_kv_heads, head_dim)
         return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
+    def write(self, k: jax.Array, v: jax.Array, index: jax.Array) -> "KVCache":
+        """The cache with k/v [B, T, KV, D] stored at slots ``index .. index+T−1``."""
+        return KVCache(jax.lax.dynamic_update_slice(self.k, k.astype(self.k.dtype), (0, index, 0, 0)),
+                       jax.lax.dynamic_update_slice(self.v, v.astype(self.v.dtype), (0, index, 0, 0)))
+
+    def read(self) -> tuple[jax.Array, jax.Array]:
+        return self.k, self.v
+
+
+class StackedKVCache(NamedTuple):
+    """The whole stack's cache k/v [L, B, S_max, KV, D] as seen by layer ``layer`` (traced).
+
+    Decoding carries the stacked cache through the layer loop and each layer writes only its new
+    tokens into it, in place; handing each layer its own slice instead (a per-layer scan input
+    and output) copies every layer's whole cache on every step, which at batch > 1 costs more
+    than the step's matmuls."""
+
+    k: jax.Array
+    v: jax.Array
+    layer: jax.Array
+
+    def write(self, k: jax.Array, v: jax.Array, index: jax.Array) -> "StackedKVCache":
+        start = (self.layer, 0, index, 0, 0)
+        return self._replace(k=jax.lax.dynamic_update_slice(self.k, k[None].astype(self.k.dtype), start),
+                             v=jax.lax.dynamic_update_slice(self.v, v[None].astype(self.v.dtype), start))
+
+    def read(self) -> tuple[jax.Array, jax.Array]:
+        return (jax.lax.dynamic_index_in_dim(self.k, self.layer, keepdims=False),
+                jax.lax.dynamic_index_in_dim(self.v, self.layer, keepdims=False))
+
 
 # ----------------------------------------------------------------------------- modules
 
@@ -255,8 +285,8 @@ class GQAttention(nnx.Module):
                               rngs=rngs)
 
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | CausalSegments | None,
-                 cache: KVCache | None = None, cache_index: jax.Array | int | None = None
-                 ) -> tuple[jax.Array, KVCache | None]:
+                 cache: KVCache | StackedKVCache | None = None, cache_index: jax.Array | int | None = None
+                 ) -> tuple[jax.Array, KVCache | StackedKVCache | None]:
         """x [B, T, E]; positions [B, T] (RoPE positions); mask [B, T, T_k] over the keys attended,
         or :class:`CausalSegments` (no cache) for a fused kernel (``attention_impl``).
 
@@ -271,10 +301,8 @@ class GQAttention(nnx.Module):
         k = apply_rope(k, cos, sin)
         new_cache = None
         if cache is not None:
-            idx = jnp.asarray(cache_index, jnp.int32)
-            ck = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, idx, 0, 0))
-            cv = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, idx, 0, 0))
-            new_cache = KVCache(ck, cv)
+            new_cache = cache.write(k, v, jnp.asarray(cache_index, jnp.int32))
+            ck, cv = new_cache.read()
             k, v = ck.astype(self.dtype), cv.astype(self.dtype)
         out = attention(q, k, v, mask, self.head_dim ** -0.5, self.attention_impl)
         out = constrain(out, ("activation_batch", "activation_length", "activation_heads", None))

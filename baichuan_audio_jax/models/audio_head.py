@@ -49,12 +49,35 @@ class DepthFFN(nnx.Module):
 
     def __call__(self, r: jax.Array, position: int | jax.Array | None = None) -> jax.Array:
         """r [B, D, dim] over all depth positions, or [B, dim] at one (static or traced) ``position``."""
+        if isinstance(self.w1, nnx.List):  # split by position (split_positions)
+            return self._call_split(r, position)
         w1, w2 = self.w1[...].astype(self.dtype), self.w2[...].astype(self.dtype)
         if position is None:
             h = constrain(gelu(jnp.einsum("bld,ldt->blt", r, w1)), _DEPTH_MLP)
             return constrain(jnp.einsum("blt,ltd->bld", h, w2), _DEPTH)
         h = gelu(r @ w1[position])
         return h @ w2[position]
+
+    def split_positions(self) -> None:
+        """Gives every depth position its own weight arrays (decoding on CPU: a traced position's
+        slice of the stacked weights is copied out on every call; see ``layers/stack.unstack``)."""
+        if isinstance(self.w1, nnx.List):
+            return
+        for name in ("w1", "w2"):
+            var = getattr(self, name)
+            names = tuple(var.get_metadata().get("out_sharding") or ())[1:]
+            setattr(self, name, nnx.List([var.replace(var.get_value()[i], out_sharding=names or None)
+                                          for i in range(var.shape[0])]))
+
+    def _call_split(self, r: jax.Array, position: int | jax.Array | None) -> jax.Array:
+        def at(i: int, r: jax.Array) -> jax.Array:
+            return gelu(r @ self.w1[i][...].astype(self.dtype)) @ self.w2[i][...].astype(self.dtype)
+
+        if position is None:
+            return jnp.stack([at(i, r[:, i]) for i in range(len(self.w1))], axis=1)
+        if isinstance(position, int):
+            return at(position, r)
+        return jax.lax.switch(position, [lambda r, i=i: at(i, r) for i in range(len(self.w1))], r)
 
 
 class DepthLayer(nnx.Module):
@@ -167,7 +190,8 @@ class AudioHead(nnx.Module):
 
     def init_cache(self, batch: int) -> KVCache:
         n = len(self.codebook_sizes)
-        num_layers = jax.tree.leaves(nnx.state(self.layers))[0].shape[0]
+        num_layers = len(self.layers) if isinstance(self.layers, nnx.List) else (
+            jax.tree.leaves(nnx.state(self.layers))[0].shape[0])
         shape = (num_layers, batch, n, self.num_heads, self.head_dim)
         return KVCache(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype))
 

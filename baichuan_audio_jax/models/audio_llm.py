@@ -29,6 +29,7 @@ from baichuan_audio_jax.layers.attention import (
     CausalSegments,
     GQAttention,
     KVCache,
+    StackedKVCache,
     causal_mask,
     key_padding_mask,
     resolve_attention_impl,
@@ -216,23 +217,27 @@ class AudioLLM(nnx.Module):
         with jax.named_scope("embeddings"):
             h = self.embed(input_ids, audio_codes, audio_embeds)
 
-        if dropout is not None and dropout.active:
-            keys = jax.random.split(dropout.rng, self.cfg.llm.num_layers + 1)
-            h = apply_dropout(h, dropout.embed, keys[-1])
+        num_layers = self.cfg.llm.num_layers
+        drop = dropout if dropout is not None and dropout.active else None
+        keys = None
+        if drop is not None:
+            keys = jax.random.split(drop.rng, num_layers + 1)
+            h = apply_dropout(h, drop.embed, keys[-1])
+            keys = keys[:-1]
 
-            def body(layer, carry, xs):
-                layer_cache, key = xs
-                return layer(carry, positions, mask, layer_cache, cache_index, dropout._replace(rng=key))
+        # The stacked cache rides in the carry and each layer writes its new tokens into it in
+        # place (see StackedKVCache); the layer index and dropout key are the per-layer inputs.
+        def body(layer, carry, xs):
+            h, stack = carry
+            i, key = xs
+            layer_cache = None if stack is None else StackedKVCache(stack.k, stack.v, i)
+            h, new = layer(h, positions, mask, layer_cache, cache_index,
+                           None if key is None else drop._replace(rng=key))
+            return (h, None if new is None else KVCache(new.k, new.v)), None
 
-            xs = (cache, keys[:-1])
-        else:
-            def body(layer, carry, layer_cache):
-                return layer(carry, positions, mask, layer_cache, cache_index)
-
-            xs = cache
         with jax.named_scope("llm_layers"):
-            h, new_cache = run_stack(self.layers, h, body, xs=xs, scan=self.cfg.scan_layers,
-                                     remat_policy=self.cfg.remat_policy)
+            (h, new_cache), _ = run_stack(self.layers, (h, cache), body, xs=(jnp.arange(num_layers), keys),
+                                          scan=self.cfg.scan_layers, remat_policy=self.cfg.remat_policy)
             h = constrain(self.norm(h), _ACT)
         return LMOutput(self.logits(h) if compute_logits else None, h, new_cache)
 
