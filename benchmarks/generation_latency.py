@@ -283,7 +283,7 @@ def frame_bytes(engine: DecodingEngine) -> tuple[int, int]:
         total += n
         if keys[0] in ("embed_tokens", "audio_embed", "lm_head"):
             continue  # one row gathered per step, or not used while speaking
-        if keys[:2] == ["audio_head", "layers"] and keys[2] != "ffn":
+        if keys[:2] == ["audio_head", "layers"] and "ffn" not in keys:  # (layers may be unstacked)
             n *= NUM_CODEBOOKS  # the depth attention and norms run once per codebook
         frame += n
     return frame, total

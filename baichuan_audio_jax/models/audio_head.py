@@ -9,7 +9,10 @@ bias. A final RMSNorm feeds one classifier per codebook with ``C_k + 1`` classes
 
 Two forms give the same logits:
 
-* :meth:`AudioHead.__call__` runs all 8 positions at once (training, teacher forcing);
+* :meth:`AudioHead.__call__` runs all 8 positions at once (training, teacher forcing), with the
+  depth axis first (``[8, N, H]``): the position-specific FFN is then a plain batched matmul
+  over contiguous blocks, where a ``[N, 8, H]`` layout made XLA transpose its inputs and
+  outputs to and from that order on every layer, forward and backward;
 * :meth:`AudioHead.decode_step` runs one position against a small depth KV cache (generation:
   codebook i's input needs the code sampled for codebook i−1).
 """
@@ -34,8 +37,8 @@ from baichuan_audio_jax.sharding import constrain
 # Logical names of the head's activations: rows (B·K audio positions) split like the batch,
 # never laid out by the fsdp-sharded weights (see baichuan_audio_jax.sharding).
 _ROWS = ("activation_batch", "activation_embed")
-_DEPTH = ("activation_batch", "activation_depth", "activation_embed")
-_DEPTH_MLP = ("activation_batch", "activation_depth", "activation_mlp")
+_DEPTH = ("activation_depth", "activation_batch", "activation_embed")  # depth-major [8, N, H]
+_DEPTH_MLP = ("activation_depth", "activation_batch", "activation_mlp")
 _LOGITS = ("activation_batch", "activation_audio_vocab")
 
 
@@ -48,13 +51,14 @@ class DepthFFN(nnx.Module):
         self.w2 = param(rngs, fan_in_normal(in_axis=1), (depth, hidden, dim), ("depth", "mlp", "embed"), param_dtype)
 
     def __call__(self, r: jax.Array, position: int | jax.Array | None = None) -> jax.Array:
-        """r [B, D, dim] over all depth positions, or [B, dim] at one (static or traced) ``position``."""
+        """r [D, N, dim] over all depth positions (depth first), or [N, dim] at one (static or
+        traced) ``position``."""
         if isinstance(self.w1, nnx.List):  # split by position (split_positions)
             return self._call_split(r, position)
         w1, w2 = self.w1[...].astype(self.dtype), self.w2[...].astype(self.dtype)
         if position is None:
-            h = constrain(gelu(jnp.einsum("bld,ldt->blt", r, w1)), _DEPTH_MLP)
-            return constrain(jnp.einsum("blt,ltd->bld", h, w2), _DEPTH)
+            h = constrain(gelu(jnp.einsum("lnd,ldt->lnt", r, w1)), _DEPTH_MLP)
+            return constrain(jnp.einsum("lnt,ltd->lnd", h, w2), _DEPTH)
         h = gelu(r @ w1[position])
         return h @ w2[position]
 
@@ -74,7 +78,7 @@ class DepthFFN(nnx.Module):
             return gelu(r @ self.w1[i][...].astype(self.dtype)) @ self.w2[i][...].astype(self.dtype)
 
         if position is None:
-            return jnp.stack([at(i, r[:, i]) for i in range(len(self.w1))], axis=1)
+            return jnp.stack([at(i, r[i]) for i in range(len(self.w1))])
         if isinstance(position, int):
             return at(position, r)
         return jax.lax.switch(position, [lambda r, i=i: at(i, r) for i in range(len(self.w1))], r)
@@ -91,12 +95,21 @@ class DepthLayer(nnx.Module):
         self.ffn = DepthFFN(dim, 2 * dim, NUM_CODEBOOKS, **kw)
 
     def __call__(self, y: jax.Array) -> jax.Array:
-        d = y.shape[1]
+        """y [D, N, dim] (depth first) -> [D, N, dim]."""
         with jax.named_scope("depth_attention"):
-            a = self.attn(self.norm1(y), causal_mask(d))
+            a = self._attend(self.norm1(y))
         r = constrain(self.norm2(y + a), _DEPTH)
         with jax.named_scope("depth_ffn"):
             return constrain(r + self.ffn(r), _DEPTH)
+
+    def _attend(self, x: jax.Array) -> jax.Array:
+        """Causal self-attention over the depth axis of x [D, N, dim] (the module's projections;
+        the kernel sees rows first, [N, D, heads, head_dim])."""
+        attn = self.attn
+        heads = ("activation_depth", "activation_batch", "activation_heads", None)
+        q, k, v = (jnp.swapaxes(constrain(p(x), heads), 0, 1) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+        out = dot_product_attention(q, k, v, causal_mask(x.shape[0]), attn.head_dim ** -0.5)
+        return constrain(attn.out_proj(constrain(jnp.swapaxes(out, 0, 1), heads)), _DEPTH)
 
     def step(self, y: jax.Array, position: int | jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
         """y [B, dim] at depth ``position`` (static or traced); cache k/v [B, 8, heads, head_dim]."""
@@ -138,10 +151,10 @@ class AudioHead(nnx.Module):
     # ------------------------------------------------------------------ full form
 
     def depth_inputs(self, x: jax.Array, codes: jax.Array, audio_embed: Sequence[Embed]) -> jax.Array:
-        """[B, 8, H]: x, then cumulative sums of the embeddings of codes 0..6."""
+        """[8, N, H] (depth first): x [N, H], then cumulative sums of the embeddings of codes 0..6."""
         embs = [constrain(audio_embed[k](codes[:, k]), _ROWS) for k in range(NUM_CODEBOOKS - 1)]
-        cum = jnp.cumsum(constrain(jnp.stack(embs, axis=1), _DEPTH), axis=1)
-        return constrain(jnp.concatenate([x[:, None, :].astype(self.dtype), cum.astype(self.dtype)], axis=1), _DEPTH)
+        cum = jnp.cumsum(constrain(jnp.stack(embs), _DEPTH), axis=0)
+        return constrain(jnp.concatenate([x[None].astype(self.dtype), cum.astype(self.dtype)]), _DEPTH)
 
     def __call__(self, x: jax.Array, codes: jax.Array, audio_embed: Sequence[Embed]) -> list[jax.Array]:
         """x [B, H], codes [B, 8] (column i in [0, C_i]) -> 8 logits [B, C_i + 1].
@@ -151,12 +164,13 @@ class AudioHead(nnx.Module):
         out: list[jax.Array | None] = [None] * NUM_CODEBOOKS
         for ks, lg in self.grouped_logits(x, codes, audio_embed):
             for j, k in enumerate(ks):
-                out[k] = lg[..., j, :]
+                out[k] = lg[j]
         return out
 
     def grouped_logits(self, x: jax.Array, codes: jax.Array, audio_embed: Sequence[Embed]
                        ) -> list[tuple[tuple[int, ...], jax.Array]]:
-        """As :meth:`__call__`, grouped by equal codebook size: [(codebooks, logits [..., G, C+1])]."""
+        """As :meth:`__call__`, grouped by equal codebook size, group axis first:
+        [(codebooks, logits [G, ..., C+1])]."""
         lead = x.shape[:-1]
         with jax.named_scope("audio_head"):
             x2 = constrain(x.reshape(-1, x.shape[-1]), _ROWS)
@@ -165,7 +179,7 @@ class AudioHead(nnx.Module):
             y, _ = run_stack(self.layers, y, lambda layer, c, _: (layer(c), None), scan=self.scan,
                              remat_policy=self.remat_policy)
             y = constrain(self.headnorm(y), _DEPTH)
-            return [(ks, lg.reshape(*lead, *lg.shape[1:])) for ks, lg in self.classify(y)]
+            return [(ks, lg.reshape(lg.shape[0], *lead, lg.shape[-1])) for ks, lg in self.classify(y)]
 
     def codebook_groups(self) -> list[tuple[int, ...]]:
         """Codebooks with equal class counts, in order (real sizes: (0,), (1,), (2,), (3..7))."""
@@ -175,15 +189,15 @@ class AudioHead(nnx.Module):
         return [tuple(v) for v in groups.values()]
 
     def classify(self, y: jax.Array) -> list[tuple[tuple[int, ...], jax.Array]]:
-        """The 8 classifiers on the normed depth outputs y [N, 8, H], one batched product per
-        group of equal-sized codebooks: [(codebooks, logits [N, len(codebooks), C + 1]), ...]."""
+        """The 8 classifiers on the normed depth outputs y [8, N, H], one batched product per
+        group of equal-sized codebooks: [(codebooks, logits [len(codebooks), N, C + 1]), ...]."""
         out = []
         for ks in self.codebook_groups():
             w = jnp.stack([self.heads[k].kernel[...] for k in ks]).astype(self.dtype)  # [G, H, C]
             b = jnp.stack([self.heads[k].bias[...] for k in ks]).astype(self.dtype)  # [G, C]
-            yk = y[:, ks[0]:ks[-1] + 1] if ks == tuple(range(ks[0], ks[-1] + 1)) else y[:, list(ks)]
-            lg = jnp.einsum("ngh,ghc->ngc", yk.astype(self.dtype), w) + b
-            out.append((ks, constrain(lg, ("activation_batch", "activation_depth", "activation_audio_vocab"))))
+            yk = y[ks[0]:ks[-1] + 1] if ks == tuple(range(ks[0], ks[-1] + 1)) else y[list(ks)]
+            lg = jnp.einsum("gnh,ghc->gnc", yk.astype(self.dtype), w) + b[:, None, :]
+            out.append((ks, constrain(lg, ("activation_depth", "activation_batch", "activation_audio_vocab"))))
         return out
 
     # ------------------------------------------------------------------ incremental form

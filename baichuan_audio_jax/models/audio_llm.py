@@ -168,7 +168,7 @@ class AudioLLM(nnx.Module):
         return self.audio_head(hidden, codes, self.audio_embed)
 
     def audio_logits_grouped(self, hidden: jax.Array, codes: jax.Array) -> list[tuple[tuple[int, ...], jax.Array]]:
-        """:meth:`audio_logits` grouped by equal codebook size: [(codebooks, logits [..., G, C+1])]."""
+        """:meth:`audio_logits` grouped by equal codebook size: [(codebooks, logits [G, ..., C+1])]."""
         return self.audio_head.grouped_logits(hidden, codes, self.audio_embed)
 
     # ------------------------------------------------------------------ forward

@@ -93,8 +93,9 @@ def audio_ce_sum(model, hidden: jax.Array, targets: jax.Array, weights: jax.Arra
         w = take(weights) * valid[..., None]
         total = jnp.zeros((), jnp.float32)
         for ks, lg in model.audio_logits_grouped(h, t):  # one CE per group of equal-sized codebooks
-            idx_k = list(ks)
-            total = total + jnp.sum(cross_entropy(lg, t[..., idx_k]) * w[..., idx_k])
+            idx_k = list(ks)  # logits [G, B, K, C]: the group's codebooks first
+            total = total + jnp.sum(cross_entropy(lg, jnp.moveaxis(t[..., idx_k], -1, 0))
+                                    * jnp.moveaxis(w[..., idx_k], -1, 0))
     return total, dropped
 
 

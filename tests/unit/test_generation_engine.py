@@ -161,3 +161,19 @@ def test_decoding_on_a_device_mesh_matches_one_device(engine):
                 Request(np.asarray([7, 8, 9]), sampling=GREEDY, max_new_tokens=30)]
     for a, b in zip(sharded.generate(requests, SPEECH), engine.generate(requests, SPEECH)):
         assert same(a, b)
+
+
+def test_unstacked_layers_decode_like_the_stacked_stack(tiny_config):
+    """The CPU layout (every layer and depth-FFN position with its own arrays, layers unrolled)
+    makes the same choices as the scanned stack, sampling included, and leaves the caller's
+    model stacked."""
+    model = AudioLLM(tiny_config, rngs=nnx.Rngs(3))
+    strings = synthetic_token_strings(tiny_config.llm.vocab_size)
+    stacked, unstacked = (DecodingEngine(model, token_strings=strings, unstack_layers=u) for u in (False, True))
+    assert not isinstance(model.layers, nnx.List)
+    reqs = [Request(np.arange(3, 12, dtype=np.int32), start="text", sampling=CHAT, seed=5, max_new_tokens=24),
+            Request(np.arange(5, 9, dtype=np.int32), start="audio", sampling=CHAT, seed=6, max_new_tokens=10)]
+    for protocol in (SPEECH, SPEAK):
+        a, b = stacked.generate(reqs, protocol), unstacked.generate(reqs, protocol)
+        assert all(same(x, y) for x, y in zip(a, b))
+        assert sum(len(s) for r in a for s in r.segments) > 0

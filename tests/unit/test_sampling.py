@@ -153,3 +153,28 @@ def test_stop_string_automaton_equals_the_text_rule():
             want.append(fires_on_text(stops, text, strings[t]))
             text += strings[t]
         assert got == want, [strings[t] for t in seq]
+
+
+def test_partial_sort_filter_equals_the_full_sort():
+    """Rows with a small top_k are filtered from lax.top_k's candidates; the kept set must be the
+    full sort's, ties at the k-th score and -inf classes included, and the program must not sort
+    the whole vocabulary (the CPU backend keeps TopK as its own op)."""
+    from baichuan_audio_jax.inference.sampling import TOP_K_FAST, _filter_sorted, apply_top_k_top_p
+
+    rng = np.random.default_rng(1)
+    for trial in range(60):
+        b, v = 4, int(rng.choice([100, 513, 8193]))
+        x = rng.normal(size=(b, v)).astype(np.float32)
+        if trial % 3 == 0:
+            x = np.round(x, 1)  # many ties, some at the k-th score
+        if trial % 5 == 0:
+            x[:, v // 2:] = -np.inf  # the padded classes of codebooks 1-7
+        top_k = rng.integers(1, TOP_K_FAST + 8, b) if trial % 4 else rng.integers(0, 6, b)
+        top_p = rng.choice([1.0, 0.85, 0.5, 0.1], b)
+        args = (jnp.asarray(x), jnp.asarray(top_k, jnp.int32), jnp.asarray(top_p, jnp.float32))
+        got, want = np.asarray(apply_top_k_top_p(*args)), np.asarray(_filter_sorted(*args))
+        np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want), err_msg=f"trial {trial}")
+    hlo = jax.jit(apply_top_k_top_p).lower(jnp.zeros((1, 8193)), jnp.full((1,), 5, jnp.int32),
+                                           jnp.full((1,), 0.85)).compile().as_text()
+    if jax.default_backend() == "cpu":
+        assert "TopK" in hlo
