@@ -13,6 +13,11 @@
 Every process runs the same program on its own devices; each feeds only its share of the global
 batch, and :func:`global_batch` assembles the global ``jax.Array`` without moving data between
 hosts (``jax.make_array_from_process_local_data``).
+
+:func:`barrier` waits for every process through the distributed runtime's coordination service,
+with its own timeout. Use it where processes may arrive minutes apart (one compiling while another
+loads the program from the persistent compilation cache): a collective would give up first (the
+CPU backend's cross-process collectives wait 30 s for the other side to connect).
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from typing import Mapping
 
 import jax
 import numpy as np
+from orbax.checkpoint import multihost as ocp_multihost
 
 ENV_COORDINATOR = "BAICHUAN_COORDINATOR"
 ENV_NUM_PROCESSES = "BAICHUAN_NUM_PROCESSES"
@@ -28,6 +34,7 @@ ENV_PROCESS_ID = "BAICHUAN_PROCESS_ID"
 ENV_LOCAL_DEVICE_IDS = "BAICHUAN_LOCAL_DEVICE_IDS"
 
 _initialized = False
+_barriers = 0  # meetings so far: part of each barrier's key
 
 
 def detect(env: Mapping[str, str] | None = None) -> str:
@@ -68,6 +75,24 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         jax.distributed.initialize()
     _initialized = True
     return mode
+
+
+BARRIER_TIMEOUT_S = 3600.0  # a cold compile of the 7B step on a busy host takes minutes, not hours
+
+
+def barrier(name: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
+    """Returns once every process has called ``barrier(name)`` (at once with one process); fails
+    after ``timeout_s`` naming the barrier. Every process must meet the same barriers in the same
+    order (each meeting gets its own key: ``name`` and a count)."""
+    global _barriers
+    if jax.process_count() == 1:
+        return
+    _barriers += 1
+    try:
+        ocp_multihost.get_barrier_sync_fn()(key=f"{name}/{_barriers}", timeout_ms=int(timeout_s * 1000))
+    except Exception as e:  # the runtime's error says DEADLINE_EXCEEDED with its own key names
+        raise RuntimeError(f"process {jax.process_index()} waited {timeout_s:.0f} s at barrier {name!r} "
+                           f"for the other processes: {str(e).splitlines()[0]}") from e
 
 
 def _int_env(name: str) -> int:

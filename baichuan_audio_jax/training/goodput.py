@@ -4,14 +4,15 @@ Each ``train`` invocation (a run segment) measures, from the moment ``train()`` 
 
 * ``startup``: distributed set-up, program construction, data iterator, lock and config checks;
 * ``restore``: reading the checkpoint it resumes from;
-* ``compile``: the first step (tracing + XLA compilation; later steps only dispatch);
+* ``compile``: tracing and compiling the step before the loop (from the persistent compilation
+  cache when it has the program), and waiting for the other processes to finish theirs;
 * ``checkpoint``: time the loop was blocked by saves (the synchronous part of an asynchronous
   save, and the final wait for the commit);
 * ``preemption``: from the preemption notice to the exit (overlaps ``checkpoint``);
 * ``redone_steps``: steps computed by an earlier segment after its last checkpoint and computed
   again by this one (counted from ``metrics.jsonl``), priced at this segment's mean step time.
 
-``productive`` is the loop time minus ``compile`` and ``checkpoint``; ``goodput`` is productive
+``productive`` is the loop time minus ``checkpoint``; ``goodput`` is productive
 over the segment's wall time. The segment's record is appended to ``<workdir>/goodput.jsonl``
 and summarised on one line at the end of the run.
 """
@@ -44,7 +45,7 @@ class Goodput:
 
     def start_loop(self) -> None:
         self.loop_start = time.perf_counter()
-        self.seconds["startup"] = self.loop_start - self.t0 - self.seconds["restore"]
+        self.seconds["startup"] = self.loop_start - self.t0 - self.seconds["restore"] - self.seconds["compile"]
 
     def summary(self, preempted_at: float | None = None) -> dict:
         end = time.perf_counter()
@@ -52,8 +53,8 @@ class Goodput:
             self.seconds["preemption"] = end - preempted_at
         total = end - self.t0
         loop = end - self.loop_start if self.loop_start is not None else 0.0
-        productive = max(loop - self.seconds["compile"] - self.seconds["checkpoint"], 0.0)
-        step_time = productive / max(self.steps - 1, 1) if self.steps > 1 else 0.0
+        productive = max(loop - self.seconds["checkpoint"], 0.0)
+        step_time = productive / self.steps if self.steps else 0.0
         record = {"wall_s": total, "productive_s": productive, "goodput": productive / total if total > 0 else 0.0,
                   "steps": self.steps, **{f"{k}_s": v for k, v in self.seconds.items()},
                   "redone_steps": self.redone_steps, "redone_s": self.redone_steps * step_time,

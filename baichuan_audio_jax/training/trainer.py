@@ -19,7 +19,6 @@ initialised. ``workdir`` may be a local or mounted directory or a URL Orbax writ
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
@@ -37,6 +36,19 @@ from baichuan_audio_jax.training.preemption import Preempted, PreemptionWatch
 from baichuan_audio_jax.training.run_guard import WorkdirLock, check_resume, write_config
 from baichuan_audio_jax.training.tasks import check_batch_fields
 from baichuan_audio_jax.training.train_step import build_program
+
+
+def _compile_step(program, state, clock: Goodput):
+    """The step compiled ahead of its first run; every process then waits for the others.
+
+    Processes can finish compiling far apart: with a persistent compilation cache only process 0
+    writes it, and on CPU the other processes' programs have keys of their own, so a warm restart
+    loads one process's step in a second while another compiles for minutes. The first step's
+    collectives would time out waiting for it; the distributed runtime's barrier does not."""
+    with clock.measure("compile"):
+        compiled = program.step.lower(state, program.abstract_batch()).compile()
+        distributed.barrier("train_step_compiled")
+    return compiled
 
 
 def _check_run_config(config) -> None:
@@ -101,6 +113,7 @@ def _train_locked(config, root, clock: Goodput, watch: PreemptionWatch, lock: Wo
     last: dict[str, Any] = {}
     saved = start if restored is not None else None  # the newest committed, finite checkpoint
     stopped_at = None  # the step a preemption notice stopped the run at (before the end)
+    run_step = _compile_step(program, state, clock)
     clock.start_loop()
     window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
     try:
@@ -113,8 +126,7 @@ def _train_locked(config, root, clock: Goodput, watch: PreemptionWatch, lock: Wo
                                where=f"data.source={config.data.source!r} batch {step}",
                                model_cfg=program.model_cfg, fields=program.fields)
             batch = distributed.global_batch(host, program.batch_shardings, rows)
-            with clock.measure("compile") if step == start + 1 else contextlib.nullcontext():
-                state, metrics = program.step(state, batch)
+            state, metrics = run_step(state, batch)
             clock.steps += 1
             steps.add(step, metrics)
             checkpointer.check_for_errors()
