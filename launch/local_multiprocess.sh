@@ -10,7 +10,8 @@
 #          PORT (a free port on 127.0.0.1 by default), PYTHON (.venv/bin/python or python3),
 #          LOG_DIR (runs/local-logs).
 # Sets for process i: BAICHUAN_COORDINATOR=127.0.0.1:$PORT, BAICHUAN_NUM_PROCESSES,
-#          BAICHUAN_PROCESS_ID=i, and JAX_PLATFORMS=cpu + XLA_FLAGS device count (cpu) or
+#          BAICHUAN_PROCESS_ID=i, PYTHONUNBUFFERED=1, and JAX_PLATFORMS=cpu + the device count added to
+#          XLA_FLAGS (cpu) or
 #          CUDA_VISIBLE_DEVICES=i (gpu).
 # Output:  process i logs to $LOG_DIR/process_i.log; process 0's log is also echoed. Exit status
 #          143 if the run was preempted (SIGTERM/SIGINT to the script or to any process: all stop at
@@ -42,8 +43,10 @@ trap cleanup INT TERM  # forwarded as SIGTERM: the processes save at an agreed s
 for ((i = 0; i < NUM_PROCESSES; i++)); do
   (
     export BAICHUAN_COORDINATOR="127.0.0.1:${PORT}" BAICHUAN_NUM_PROCESSES="$NUM_PROCESSES" BAICHUAN_PROCESS_ID="$i"
+    export PYTHONUNBUFFERED=1  # the logs show each line as it is printed (`tail -f` them)
     if [[ "$PLATFORM" == cpu ]]; then
-      export JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS}"
+      # the caller's XLA flags are kept; the device count comes last, so it is the one that holds
+      export JAX_PLATFORMS=cpu XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=${DEVICES_PER_PROCESS}"
     else
       export CUDA_VISIBLE_DEVICES="$i"
     fi
