@@ -77,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         else:
             sys.unraisablehook = _quiet_unraisable
+            # The abandoned writes of a failed asynchronous save end as asyncio tasks whose
+            # exception nobody retrieves; asyncio logs each with its traceback when it is collected.
+            logging.getLogger("asyncio").addFilter(_no_tracebacks)
         print(f"baichuan-audio {name}: error: {_one_line(e)}", file=sys.stderr, flush=True)
         return getattr(e, "exit_code", 2)
     except KeyboardInterrupt:
