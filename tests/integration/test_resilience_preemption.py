@@ -51,14 +51,23 @@ def _assert_same_run(ref_dir, run_dir) -> None:
         np.testing.assert_array_equal(y, x, err_msg=jax.tree_util.keystr(path))
 
 
-def _wait_for_steps(workdir, n: int, proc: subprocess.Popen, timeout: float = 1800) -> None:
+def _wait_for_steps(workdir, n: int, proc: subprocess.Popen, timeout: float = 1800, logs=None) -> None:
+    """Returns once ``n`` steps are logged; otherwise fails with what the run printed (its own output
+    and, for the launcher, every process's log)."""
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         if metrics.exists() and len(metrics.read_text().splitlines()) >= n:
             return
         time.sleep(0.01)
-    raise AssertionError(f"the run did not reach step {n} (status {proc.poll()})")
+    status = proc.poll()
+    if status is None:
+        proc.kill()
+    out, err = proc.communicate(timeout=60)
+    printed = [f"--- stdout\n{(out or '')[-3000:]}", f"--- stderr\n{(err or '')[-3000:]}"]
+    for log in sorted(logs.glob("*.log")) if logs is not None else ():
+        printed.append(f"--- {log.name}\n{log.read_text()[-4000:]}")
+    raise AssertionError(f"the run did not reach step {n} (status {status})\n" + "\n".join(printed))
 
 
 def _check_preempted(run_dir, proc, sent_at: float, stderr: str) -> int:
@@ -76,20 +85,26 @@ def _check_preempted(run_dir, proc, sent_at: float, stderr: str) -> int:
 
 
 def test_sigterm_saves_at_that_step_and_resumes_exactly(tmp_path):
-    env = cli_env(2)
+    env = cli_env(2, PYTHONUNBUFFERED="1")  # the test reads the victim's output while it runs
     ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "preempted"
     ref = run_cli(train_args(ref_dir, *OVERRIDES), env, timeout=1800)
     assert ref.returncode == 0, ref.stderr[-3000:]
 
     at = random.Random(os.urandom(8)).randint(3, STEPS - 6)
-    victim = subprocess.Popen(cli_command(*train_args(run_dir, *OVERRIDES)), env=env, cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout = tmp_path / "victim.out"
+    with open(stdout, "w") as out_file:
+        victim = subprocess.Popen(cli_command(*train_args(run_dir, *OVERRIDES)), env=env, cwd=REPO,
+                                  stdout=out_file, stderr=subprocess.PIPE, text=True)
     _wait_for_steps(run_dir, at, victim)
     sent_at = time.time()
     victim.send_signal(signal.SIGTERM)
-    time.sleep(0.05)
-    victim.send_signal(signal.SIGTERM)  # a second notice while stopping changes nothing
-    out, err = victim.communicate(timeout=EXIT_BOUND_S + 30)
+    # A second notice while stopping changes nothing. Sent once the first is handled: two signals
+    # that arrive while the main thread is inside one XLA call reach Python's handler once.
+    deadline = time.time() + EXIT_BOUND_S
+    while "SIGTERM received" not in stdout.read_text() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGTERM)
+    _, err = victim.communicate(timeout=EXIT_BOUND_S + 30)
     stopped = _check_preempted(run_dir, victim, sent_at, err)
     assert "received again" in err
 
@@ -130,7 +145,7 @@ def test_two_processes_stop_at_the_same_step_and_resume_exactly(tmp_path):
     at = random.Random(os.urandom(8)).randint(3, STEPS - 6)
     logs = tmp_path / "logs"
     victim = _launch(run_dir, logs)
-    _wait_for_steps(run_dir, at, victim)
+    _wait_for_steps(run_dir, at, victim, logs=logs)
     workers = _children(victim.pid)
     assert len(workers) == 2, workers
     sent_at = time.time()
