@@ -30,6 +30,7 @@ import time
 import jax
 import numpy as np
 from jax.experimental import topologies
+from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
 
 from baichuan_audio_jax.training import hlo_stats
 from baichuan_audio_jax.training.mesh import describe, mesh_from_config
@@ -264,14 +265,18 @@ def _compile_or_load(lowered, program_dir: str | None, buffers: bool) -> tuple[d
                "xla_dump_hlo_module_re": "train_step"} if buffers and program_dir else None
     # A hit in JAX's persistent cache (possible when planning for this machine's own devices)
     # would skip XLA and with it the buffer dump: compile for real. The plan cache is the cache here.
+    # JAX decides once per process whether it uses the cache: switching it off only holds after a
+    # reset, and a second reset after it lets the next compile set the cache up as configured.
     cache_was_on = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
+    jax_compilation_cache.reset_cache()
     try:
         t0 = time.perf_counter()
         compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
         seconds = time.perf_counter() - t0
     finally:
         jax.config.update("jax_enable_compilation_cache", cache_was_on)
+        jax_compilation_cache.reset_cache()
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
