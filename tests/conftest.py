@@ -7,11 +7,31 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --x
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+# One persistent XLA compilation cache for the session: both xdist workers and every command-line
+# run they start. Many tests build the same tiny programs (the same step of the same config); the
+# first compiles each, the others load it. The controller makes the directory before it starts the
+# workers (they inherit the variable) and removes it at the end.
+XLA_CACHE_VAR = "TEST_SESSION_XLA_CACHE_DIR"
+
+
+def pytest_configure(config):
+    if XLA_CACHE_VAR not in os.environ:
+        os.environ[XLA_CACHE_VAR] = config._session_xla_cache = tempfile.mkdtemp(prefix="baichuan_audio_jax_xla_")
+    jax.config.update("jax_compilation_cache_dir", os.environ[XLA_CACHE_VAR])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_session_xla_cache", None):
+        shutil.rmtree(config._session_xla_cache, ignore_errors=True)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("BAICHUAN_AUDIO_SHARED", REPO.parent / "shared"))

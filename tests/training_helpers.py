@@ -31,10 +31,12 @@ def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "baichuan_audio_jax", *args]
 
 
-# One persistent XLA compilation cache for the command-line runs of a test session: the first
-# run of a program compiles it, later runs (resume after a kill, the reference run) load it.
-COMPILATION_CACHE = tempfile.mkdtemp(prefix="baichuan_audio_jax_xla_cache_")
-atexit.register(shutil.rmtree, COMPILATION_CACHE, True)
+# The command-line runs share the test session's persistent XLA compilation cache (conftest.py):
+# the first run of a program compiles it, later runs (resume after a kill, the reference run) load it.
+# Outside pytest, a cache of this process's own.
+COMPILATION_CACHE = os.environ.get("TEST_SESSION_XLA_CACHE_DIR") or tempfile.mkdtemp(prefix="baichuan_audio_jax_xla_")
+if "TEST_SESSION_XLA_CACHE_DIR" not in os.environ:
+    atexit.register(shutil.rmtree, COMPILATION_CACHE, True)
 
 
 def cli_env(devices: int, **extra: str) -> dict[str, str]:
