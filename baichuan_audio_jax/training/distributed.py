@@ -91,8 +91,8 @@ def barrier(name: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
     try:
         ocp_multihost.get_barrier_sync_fn()(key=f"{name}/{_barriers}", timeout_ms=int(timeout_s * 1000))
     except Exception as e:  # the runtime's error says DEADLINE_EXCEEDED with its own key names
-        raise RuntimeError(f"process {jax.process_index()} waited {timeout_s:.0f} s at barrier {name!r} "
-                           f"for the other processes: {str(e).splitlines()[0]}") from e
+        raise RuntimeError(f"process {jax.process_index()} at barrier {name!r} (timeout {timeout_s:.0f} s): "
+                           f"the other processes did not all arrive: {str(e).splitlines()[0]}") from e
 
 
 def _int_env(name: str) -> int:
