@@ -45,9 +45,9 @@ def run(args: argparse.Namespace) -> int:
     except (BundleError, OSError) as e:
         raise CLIError(str(e)) from e
     # lazy: CLI start-up (`baichuan-audio --help` imports every subcommand module)
-    from tensorboardX import SummaryWriter
+    from baichuan_audio_jax.training.metrics import ScalarEvents
 
-    tb = SummaryWriter(os.path.join(out, "tensorboard"))
+    tb = ScalarEvents(os.path.join(out, "tensorboard"))
     try:
         report = run_suite(suite, model, out, batch_size=args.batch_size, progress=not args.no_progress,
                            scalars=lambda tag, v: tb.add_scalar(tag, v, 0),

@@ -3,7 +3,8 @@
 * ``<workdir>/metrics.jsonl``: one JSON object per logged step (``step``, ``loss``, the task's
   losses, ``grad_norm``, ``learning_rate``, ``steps_per_s``, ``tokens_per_s``, ``mfu`` when a
   peak is configured, ``time``).
-* ``<workdir>/tensorboard/``: the same scalars as TensorBoard event files (tensorboardX).
+* ``<workdir>/tensorboard/``: the same scalars as TensorBoard event files (tensorboardX's event
+  format, written synchronously by :class:`ScalarEvents`).
 * a tqdm progress line on the terminal: steps/s, ETA, loss and tokens/s.
 
 On resume, lines and events past the restored step are dropped first, so the files describe a
@@ -22,8 +23,60 @@ import time
 from typing import Mapping
 
 from etils import epath
-from tensorboardX import SummaryWriter
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto.event_pb2 import Event, SessionLog
+from tensorboardX.record_writer import directory_check
+from tensorboardX.summary import scalar
 from tqdm import tqdm
+
+
+class ScalarEvents:
+    """TensorBoard scalars written in the caller's thread.
+
+    tensorboardX's ``SummaryWriter`` hands events to a worker thread through a bounded queue and
+    closes it again at interpreter exit. When a write fails (a full disk) the worker dies, the queue
+    fills, and the next ``add_scalar`` -- or the exit hook -- waits forever. Here a failed write
+    raises ``OSError`` where it happens, and :meth:`close` cannot block. ``purge_step`` hides the
+    events of earlier attempts at steps >= it (a resumed run), as ``SummaryWriter``'s does.
+    """
+
+    def __init__(self, logdir: str, *, purge_step: int | None = None):
+        logdir = os.fspath(logdir)
+        directory_check(logdir)
+        # Names start with the second the file was opened; the nanosecond suffix keeps two writers
+        # opened in the same second (a resume in the same process) apart and in order.
+        self._events = EventsWriter(os.path.join(logdir, "events"), f".{time.time_ns()}")
+        self._closed = False
+        self._failed = False
+        if purge_step is not None:
+            self._events.write_event(Event(step=purge_step, wall_time=time.time(),
+                                           session_log=SessionLog(status=SessionLog.START)))
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self._guarded(self._events.write_event,
+                      Event(step=int(step), wall_time=time.time(), summary=scalar(tag, float(value))))
+
+    def flush(self) -> None:
+        self._guarded(self._events.flush)
+
+    def close(self) -> None:
+        """Closes the file. After a write has already failed, a second failure here is not raised
+        again (the first one is the error the caller is handling)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._events.close()
+        except OSError:
+            if not self._failed:
+                raise
+
+    def _guarded(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except OSError:
+            self._failed = True
+            raise
 
 
 class MetricsWriter:
@@ -42,7 +95,7 @@ class MetricsWriter:
         self.lines, last_dropped = _truncate_after(self.path, start_step)
         self.redone_steps = max(last_dropped - start_step, 0)
 
-        self.tb = SummaryWriter(os.path.join(os.fspath(workdir), "tensorboard"), purge_step=start_step + 1)
+        self.tb = ScalarEvents(os.path.join(os.fspath(workdir), "tensorboard"), purge_step=start_step + 1)
         if progress:
 
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
@@ -61,6 +114,7 @@ class MetricsWriter:
             self.path.write_text("".join(self.lines))
         for k, v in values.items():
             self.tb.add_scalar(f"train/{k}", float(v), int(step))
+        self.tb.flush()  # one flush per logged step: TensorBoard sees the run as it goes
         if self.bar is not None:
             post = {"loss": f"{values['loss']:.4f}"}
             if "tokens_per_s" in values:
@@ -81,11 +135,18 @@ class MetricsWriter:
         else:
             print(text, flush=True)
 
-    def close(self) -> None:
+    def close(self, *, after_error: bool = False) -> None:
+        """Closes the progress bar and the event file. ``after_error``: the run is already failing,
+        so a failure to write the last events (the same full disk) is not raised over that error."""
         if self.bar is not None:
             self.bar.close()
         if self.tb is not None:
-            self.tb.close()
+            tb, self.tb = self.tb, None
+            try:
+                tb.close()
+            except OSError:
+                if not after_error:
+                    raise
 
 
 def _truncate_after(path: epath.Path, step: int) -> tuple[list[str], int]:

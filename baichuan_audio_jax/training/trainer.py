@@ -116,6 +116,7 @@ def _train_locked(config, root, clock: Goodput, watch: PreemptionWatch, lock: Wo
     run_step = _compile_step(program, state, clock)
     clock.start_loop()
     window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
+    finished = False
     try:
         for step in range(start + 1, total + 1):
             if watch.requested() and step == start + 1:
@@ -156,9 +157,10 @@ def _train_locked(config, root, clock: Goodput, watch: PreemptionWatch, lock: Wo
                 break
         with clock.measure("checkpoint"):
             checkpointer.wait()
+        finished = True
     finally:
         checkpointer.close()
-        metrics_out.close()
+        metrics_out.close(after_error=not finished)
     record = clock.summary(watch.signal_time)
     if pid == 0:
         append_record(root, record)
