@@ -17,17 +17,38 @@ through tensorboardX's own writer (which needs ``google-cloud-storage``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import time
 from typing import Mapping
 
 from etils import epath
-from tensorboardX.event_file_writer import EventsWriter
-from tensorboardX.proto.event_pb2 import Event, SessionLog
-from tensorboardX.record_writer import directory_check
-from tensorboardX.summary import scalar
 from tqdm import tqdm
+
+
+@contextlib.contextmanager
+def _without_torch():
+    """tensorboardX imports PyTorch whenever it is installed (to accept its tensors): 1.8 s of
+    start-up in every training process of an environment with the torch extra. The scalars
+    written here are floats, so tensorboardX is imported with ``torch`` unimportable, unless the
+    process has already imported it."""
+    if "torch" in sys.modules:
+        yield
+        return
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX handles
+    try:
+        yield
+    finally:
+        del sys.modules["torch"]
+
+
+with _without_torch():
+    from tensorboardX.event_file_writer import EventsWriter
+    from tensorboardX.proto.event_pb2 import Event, SessionLog
+    from tensorboardX.record_writer import directory_check
+    from tensorboardX.summary import scalar
 
 
 class ScalarEvents:
