@@ -57,7 +57,7 @@ def test_scalars_are_readable_and_a_resume_hides_the_redone_steps(tmp_path):
 
 _FULL_DISK = textwrap.dedent("""
     import resource, signal, sys
-    from baichuan_audio_jax.training.metrics import ScalarEvents
+    from baichuan_audio_jax.training.metrics import MetricsWriter, ScalarEvents
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
     kind, workdir = sys.argv[1], sys.argv[2]
     if kind == "events":
