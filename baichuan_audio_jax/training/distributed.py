@@ -28,6 +28,8 @@ import jax
 import numpy as np
 from orbax.checkpoint import multihost as ocp_multihost
 
+from baichuan_audio_jax.errors import ReadableError
+
 ENV_COORDINATOR = "BAICHUAN_COORDINATOR"
 ENV_NUM_PROCESSES = "BAICHUAN_NUM_PROCESSES"
 ENV_PROCESS_ID = "BAICHUAN_PROCESS_ID"
@@ -80,9 +82,14 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 BARRIER_TIMEOUT_S = 3600.0  # a cold compile of the 7B step on a busy host takes minutes, not hours
 
 
+class BarrierError(ReadableError):
+    """Not every process reached a barrier in time (one is gone, stuck, or far behind)."""
+
+
 def barrier(name: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
     """Returns once every process has called ``barrier(name)`` (at once with one process); fails
-    after ``timeout_s`` naming the barrier. Every process must meet the same barriers in the same
+    after ``timeout_s`` with :class:`BarrierError` naming the barrier (one line on the command
+    line). Every process must meet the same barriers in the same
     order (each meeting gets its own key: ``name`` and a count)."""
     global _barriers
     if jax.process_count() == 1:
@@ -91,7 +98,7 @@ def barrier(name: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
     try:
         ocp_multihost.get_barrier_sync_fn()(key=f"{name}/{_barriers}", timeout_ms=int(timeout_s * 1000))
     except Exception as e:  # the runtime's error says DEADLINE_EXCEEDED with its own key names
-        raise RuntimeError(f"process {jax.process_index()} at barrier {name!r} (timeout {timeout_s:.0f} s): "
+        raise BarrierError(f"process {jax.process_index()} at barrier {name!r} (timeout {timeout_s:.0f} s): "
                            f"the other processes did not all arrive: {str(e).splitlines()[0]}") from e
 
 
